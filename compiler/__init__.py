@@ -1,0 +1,29 @@
+"""crisp: compile convolutional networks to hybrid N:M + block sparsity (CRISP).
+
+The front door: :func:`compile` traces a model with torch.fx, runs the default pass pipeline
+(find prunable layers -> saliency -> select masks -> fold BatchNorm -> lower -> verify) and
+hands the lowered graph to a backend chosen by ``target``.
+"""
+
+from . import models
+from .api import compile
+from .compiled_model import CompiledModel
+from .errors import (
+    CrispError, FormatError, ModelError, PassOrderError, PatternError, TraceError, UnknownTargetError,
+    VerificationError,
+)
+from .format import HybridSparseTensor
+from .layer_info import LayerInfo
+from .masking import apply_masks
+from .pattern import Pattern
+from .pipeline import PIPELINES, Pipeline, default_pipeline
+from .report import Report
+from .selection import select_hybrid_masks
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompiledModel", "CrispError", "FormatError", "HybridSparseTensor", "LayerInfo", "ModelError", "PIPELINES",
+    "PassOrderError", "Pattern", "PatternError", "Pipeline", "Report", "TraceError", "UnknownTargetError",
+    "VerificationError", "apply_masks", "compile", "default_pipeline", "models", "select_hybrid_masks",
+]

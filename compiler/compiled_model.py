@@ -1,0 +1,50 @@
+"""`CompiledModel`: what ``crisp.compile`` returns — callable like the model, with the lowered
+graph, the masks by parameter name, the per-layer report and the backend's artifacts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from .layer_info import LayerInfo
+from .report import Report
+
+
+class CompiledModel:
+    def __init__(
+        self,
+        module: nn.Module,
+        graph_module: fx.GraphModule,
+        layers: list[LayerInfo],
+        report: Report,
+        target: str,
+        artifacts: dict[str, Any] | None = None,
+    ):
+        self.module = module
+        self.graph_module = graph_module
+        self.layers = layers
+        self.report = report
+        self.target = target
+        self.artifacts = artifacts or {}
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Original parameter name -> bool mask of that weight's shape, for every pruned layer."""
+        return {info.weight_name: info.mask for info in self.layers if info.mask is not None}
+
+    @property
+    def sparsity(self) -> float | None:
+        return self.report.achieved_sparsity
+
+    def __call__(self, *args, **kwargs):
+        with torch.no_grad():
+            return self.module(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        pruned = sum(1 for i in self.layers if i.compact is not None)
+        return (
+            f"CompiledModel(target={self.target!r}, pattern={self.report.pattern!r}, layers pruned={pruned}/"
+            f"{len(self.layers)}, sparsity={self.report.achieved_sparsity})"
+        )

@@ -1,0 +1,53 @@
+"""ComputeSaliency: score every weight of the prunable layers.
+
+``method="magnitude"`` gives ``|W|`` (data-free). Any callable ``fn(module) -> {param name:
+tensor}`` plugs in instead (e.g. class-aware Taylor saliency computed on calibration data); the
+graph module passed to it has the user's parameter names.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import fx, nn
+
+from crisp.errors import ModelError
+from crisp.ir import layer_nodes
+
+from .base import CrispPass
+
+SaliencyFn = Callable[[nn.Module], dict[str, torch.Tensor]]
+
+
+def magnitude_saliency(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``|W|`` for every parameter (data-free saliency)."""
+    return {name: p.detach().abs() for name, p in module.named_parameters()}
+
+
+class ComputeSaliency(CrispPass):
+    needs = ("layers",)
+    adds = ("saliency",)
+
+    def __init__(self, method: "str | SaliencyFn" = "magnitude"):
+        if method == "magnitude":
+            self.fn: SaliencyFn = magnitude_saliency
+        elif callable(method):
+            self.fn = method
+        else:
+            raise ModelError(f"unknown saliency {method!r}; use 'magnitude' or a callable module -> {{param name: tensor}}")
+
+    def call(self, graph_module: fx.GraphModule) -> bool:
+        scores = self.fn(graph_module)
+        for _, info in layer_nodes(graph_module):
+            if not info.prunable:
+                continue
+            sal = scores.get(info.weight_name)
+            if sal is None:
+                raise ModelError(f"the saliency function gave no score for layer {info.name!r} ({info.weight_name})")
+            if tuple(sal.shape) != info.weight_shape:
+                raise ModelError(
+                    f"saliency of layer {info.name!r} has shape {tuple(sal.shape)}, expected {info.weight_shape}"
+                )
+            info.saliency = sal.detach().float().clone()
+        return False

@@ -1,0 +1,55 @@
+"""PropagateShapes: run the example inputs through the graph and record every node's output
+shape (``node.meta["tensor_meta"]``, as ``torch.fx.passes.shape_prop`` does).
+
+Inputs that do not fit the model fail here with the node that refused them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+from torch.fx.passes.shape_prop import ShapeProp
+
+from crisp.errors import ModelError
+
+from .base import CrispPass
+
+
+class _NamedShapeProp(ShapeProp):
+    def run_node(self, n: fx.Node):
+        try:
+            return super().run_node(n)
+        except Exception as exc:
+            if isinstance(exc, ModelError):
+                raise
+            shapes = [tuple(a.shape) for a in self.args_of(n) if isinstance(a, torch.Tensor)]
+            raise ModelError(
+                f"the example inputs do not fit the model: node {n.name!r} ({n.op} {n.target}) failed on "
+                f"inputs of shape {shapes}: {type(exc).__name__}: {exc}. Pass example inputs of the shape the model expects."
+            ) from exc
+
+    def args_of(self, n: fx.Node) -> list:
+        try:
+            args, _ = self.fetch_args_kwargs_from_env(n)
+            return list(args)
+        except Exception:
+            return []
+
+
+class PropagateShapes(CrispPass):
+    adds = ("shapes",)
+
+    def __init__(self, example_inputs: tuple):
+        self.example_inputs = tuple(example_inputs)
+
+    def call(self, graph_module: fx.GraphModule) -> bool:
+        placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+        required = [n for n in placeholders if not n.args]  # placeholders without defaults
+        if not (len(required) <= len(self.example_inputs) <= len(placeholders)):
+            raise ModelError(
+                f"the model takes {len(required)} input(s) ({', '.join(n.name for n in placeholders)}) "
+                f"but {len(self.example_inputs)} example input(s) were given"
+            )
+        with torch.no_grad():
+            _NamedShapeProp(graph_module).propagate(*self.example_inputs)
+        return False
