@@ -24,6 +24,7 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """``||actual - expected|| / ||expected||`` (norm-wise; 0 when both are zero)."""
-    num = torch.linalg.vector_norm((actual - expected).double())
-    den = torch.linalg.vector_norm(expected.double())
+    actual, expected = actual.detach().double(), expected.detach().double()
+    num = torch.linalg.vector_norm(actual - expected)
+    den = torch.linalg.vector_norm(expected)
     return float(num / den) if float(den) > 0 else float(num)

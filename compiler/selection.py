@@ -67,18 +67,24 @@ class _LayerScores:
     removal: torch.Tensor  # [nbc] real weights removed by dropping rank position o in every row
 
 
+def _block_sums(matrix: torch.Tensor, block: int, dtype: torch.dtype) -> torch.Tensor:
+    """Sum a block-padded ``[nbr*B, nbc*B]`` matrix over each B x B block -> ``[nbr, nbc]``."""
+    rows, cols = matrix.shape
+    return matrix.view(rows // block, block, cols // block, block).sum(3, dtype=dtype).sum(1)
+
+
 def _score_layer(name: str, saliency: torch.Tensor, pattern: Pattern) -> _LayerScores:
     rows, cols = saliency.shape
-    sal = saliency.detach().to(torch.float64)
+    sal = saliency.detach().float().abs()
     if not bool(torch.isfinite(sal).all()):
         raise ModelError(f"saliency of layer {name!r} contains NaN or Inf; check the layer's weights and gradients")
     b = pattern.block
-    padded = pad_to_blocks(sal.abs(), b, float("-inf"))
-    real = pad_to_blocks(torch.ones(rows, cols, dtype=torch.bool), b, False)
-    nm = nm_mask(padded, pattern) & real
-    kept_sal = torch.where(nm, padded, torch.zeros((), dtype=padded.dtype))
-    block_scores = as_blocks(kept_sal, b).sum(dim=(2, 3))  # [nbr, nbc]
-    block_counts = as_blocks(nm, b).sum(dim=(2, 3))  # real kept entries per block
+    padded = pad_to_blocks(sal, b, float("-inf"))
+    nm = nm_mask(padded, pattern)
+    if padded.shape != sal.shape:  # a group with fewer than n real entries must not keep padding
+        nm &= torch.isfinite(padded)
+    block_scores = _block_sums(padded.masked_fill(~nm, 0.0), b, torch.float64)  # [nbr, nbc]
+    block_counts = _block_sums(nm, b, torch.int64)  # real kept entries per block
     sorted_scores, order = torch.sort(block_scores, dim=1, stable=True)
     sorted_counts = torch.gather(block_counts, 1, order)
     return _LayerScores(name, rows, cols, nm, order, sorted_scores.sum(0), sorted_counts.sum(0))

@@ -1,0 +1,221 @@
+"""The fast CPU kernels: build (once, cached), load, self-check, and call them.
+
+``runtime/csrc/hybrid_sparse_cpu.cpp`` is compiled with ``torch.utils.cpp_extension`` on first
+use for the machine it runs on (``-O3 -march=native``, OpenMP through ATen's thread pool) and
+cached under ``$CRISP_CACHE_DIR`` (default ``$XDG_CACHE_HOME/crisp`` or ``~/.cache/crisp``),
+keyed by the source, the torch version, the compiler flags and the CPU's feature flags, so a
+later process (or a rebuilt source) finds or makes the right build. Loading registers two ops:
+
+- ``crisp::hybrid_sparse_conv2d_fast(x, row_ptr, cols, vals, in_features, bias, residual,
+  kernel_size, stride, padding, dilation, relu)``: NCHW conv with a :class:`PackedHybridWeight`,
+  fused bias, residual add and ReLU;
+- ``crisp::hybrid_sparse_linear_fast(x, row_ptr, cols, vals, in_features, bias, relu)``.
+
+If the build or the self-check fails (no compiler, unsupported CPU or flags, a wrong result),
+:func:`available` returns False after ONE :class:`FastKernelUnavailableWarning`; callers then run
+the reference kernel (the ``cpu`` backend keeps the reference graph). Setting
+``CRISP_DISABLE_FAST_KERNEL=1`` forces that fallback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .packed_weight import PackedHybridWeight
+
+SOURCE = Path(__file__).parent / "csrc" / "hybrid_sparse_cpu.cpp"
+CFLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17")
+LDFLAGS = ("-fopenmp",)
+DISABLE_ENV = "CRISP_DISABLE_FAST_KERNEL"
+
+
+class FastKernelUnavailableWarning(RuntimeWarning):
+    """The fast CPU kernels could not be used; crisp runs the (slow, correct) reference kernel."""
+
+
+class _State:
+    lock = threading.Lock()
+    checked = False
+    ok = False
+    reason: str | None = None
+    warned = False
+    library: str | None = None
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept: ``$CRISP_CACHE_DIR``, else ``$XDG_CACHE_HOME/crisp``, else ``~/.cache/crisp``."""
+    if os.environ.get("CRISP_CACHE_DIR"):
+        return Path(os.environ["CRISP_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "crisp"
+
+
+def _cpu_signature() -> str:
+    """The CPU feature flags (what ``-march=native`` compiles for), so a build never runs on a CPU it does not fit."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_key() -> str:
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(CFLAGS + LDFLAGS).encode(),
+                 platform.machine().encode(), _cpu_signature().encode()):
+        h.update(part)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _build_and_load() -> str:
+    """Compile (or reuse) the extension and load it into this process; returns the library path."""
+    from torch.utils import cpp_extension
+
+    name = f"crisp_hybrid_sparse_cpu_{build_key()}"
+    directory = cache_dir() / "extensions" / name
+    directory.mkdir(parents=True, exist_ok=True)
+    return cpp_extension.load(
+        name=name,
+        sources=[str(SOURCE)],
+        extra_cflags=list(CFLAGS),
+        extra_ldflags=list(LDFLAGS),
+        build_directory=str(directory),
+        is_python_module=False,
+        verbose=False,
+    )
+
+
+def _register_fakes() -> None:
+    @torch.library.register_fake("crisp::hybrid_sparse_conv2d_fast")
+    def _(x, row_ptr, cols, vals, in_features, bias, residual, kernel_size, stride, padding, dilation, relu):
+        def pair(v, i):
+            return v[0] if len(v) == 1 else v[i]
+
+        n, _, h, w = x.shape
+        oh = (h + 2 * pair(padding, 0) - pair(dilation, 0) * (pair(kernel_size, 0) - 1) - 1) // pair(stride, 0) + 1
+        ow = (w + 2 * pair(padding, 1) - pair(dilation, 1) * (pair(kernel_size, 1) - 1) - 1) // pair(stride, 1) + 1
+        return x.new_empty((n, row_ptr.shape[0] - 1, oh, ow))
+
+    @torch.library.register_fake("crisp::hybrid_sparse_linear_fast")
+    def _(x, row_ptr, cols, vals, in_features, bias, relu):
+        return x.new_empty((*x.shape[:-1], row_ptr.shape[0] - 1))
+
+
+def _self_check() -> None:
+    """Run both ops on small random problems and compare with dense torch; raise on a mismatch."""
+    from crisp.format import HybridSparseTensor
+    from crisp.pattern import Pattern
+
+    gen = torch.Generator().manual_seed(0)
+    p = Pattern(2, 4, 16)
+    w = torch.randn(20, 12, 3, 3, generator=gen)
+    groups = torch.rand(20, 3, 3, 3, 4, generator=gen).argsort(-1) < 2  # 2 of every 4 input channels
+    mask = groups.reshape(20, 3, 3, 12).permute(0, 3, 1, 2)
+    packed = PackedHybridWeight.from_compact(HybridSparseTensor.from_dense(w, mask, p))
+    x = torch.randn(2, 12, 9, 11, generator=gen)
+    bias = torch.randn(20, generator=gen)
+    for stride, pad, dil in ((1, 1, 1), (2, 1, 1), (1, 2, 2)):
+        got = conv2d(x, packed, bias, (3, 3), stride, pad, dil, relu=True)
+        want = torch.relu(torch.nn.functional.conv2d(x, w * mask, bias, stride, pad, dil))
+        if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+            raise RuntimeError(f"conv self-check failed (stride {stride}, padding {pad}, dilation {dil})")
+    lw = torch.randn(24, 32, generator=gen)
+    lmask = (torch.rand(24, 8, 4, generator=gen).argsort(-1) < 2).reshape(24, 32)
+    lpacked = PackedHybridWeight.from_compact(HybridSparseTensor.from_dense(lw, lmask, p))
+    for rows in (3, 40):
+        xl = torch.randn(rows, 32, generator=gen)
+        if not torch.allclose(linear(xl, lpacked, None), xl @ (lw * lmask).T, rtol=1e-4, atol=1e-4):
+            raise RuntimeError(f"linear self-check failed ({rows} rows)")
+
+
+def available() -> bool:
+    """Whether the fast kernels are built, loaded and correct here. The first call builds them
+    (tens of seconds once per machine); on failure it warns once and returns False."""
+    if _State.checked:
+        return _State.ok
+    with _State.lock:
+        if not _State.checked:
+            try:
+                if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+                    raise RuntimeError(f"disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}")
+                if not hasattr(torch.ops.crisp, "hybrid_sparse_conv2d_fast"):
+                    _State.library = _build_and_load()
+                    _register_fakes()
+                _State.ok = True  # the self-check calls the ops through the wrappers
+                _self_check()
+            except Exception as exc:  # noqa: BLE001 - any failure means: use the reference kernel
+                _State.ok = False
+                _State.reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+            _State.checked = True
+    if not _State.ok:
+        warn_unavailable()
+    return _State.ok
+
+
+def unavailable_reason() -> str | None:
+    return _State.reason
+
+
+def warn_unavailable() -> None:
+    """Emit the single fallback warning of this process (later calls are silent)."""
+    if _State.warned:
+        return
+    _State.warned = True
+    warnings.warn(
+        "crisp: the fast CPU kernels are unavailable "
+        f"({_State.reason}); target 'cpu' runs the reference kernel instead, which gives the same "
+        f"results more slowly. Check that a C++ compiler (g++) works, or clear {cache_dir() / 'extensions'} "
+        "and retry.",
+        FastKernelUnavailableWarning,
+        stacklevel=3,
+    )
+
+
+def _reset_for_tests() -> None:
+    """Forget the availability verdict (the loaded library, if any, stays loaded)."""
+    with _State.lock:
+        _State.checked = False
+        _State.ok = False
+        _State.reason = None
+        _State.warned = False
+
+
+# ---------------------------------------------------------------------------- calls
+def conv2d(
+    x: torch.Tensor,
+    weight: PackedHybridWeight,
+    bias: Optional[torch.Tensor] = None,
+    kernel_size: Sequence[int] | int = 1,
+    stride: Sequence[int] | int = 1,
+    padding: Sequence[int] | int = 0,
+    dilation: Sequence[int] | int = 1,
+    *,
+    relu: bool = False,
+    residual: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``relu?(conv2d(x, W) + bias + residual)`` with the packed hybrid-sparse weight (groups=1)."""
+
+    def pair(v):
+        return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
+
+    return torch.ops.crisp.hybrid_sparse_conv2d_fast(
+        x, weight.row_ptr, weight.cols, weight.vals, weight.in_features, bias, residual,
+        pair(kernel_size), pair(stride), pair(padding), pair(dilation), relu,
+    )
+
+
+def linear(x: torch.Tensor, weight: PackedHybridWeight, bias: Optional[torch.Tensor] = None, *, relu: bool = False) -> torch.Tensor:
+    """``relu?(x @ G.T + bias)`` with the packed hybrid-sparse weight."""
+    return torch.ops.crisp.hybrid_sparse_linear_fast(x, weight.row_ptr, weight.cols, weight.vals, weight.in_features, bias, relu)

@@ -1,0 +1,104 @@
+"""`PackedHybridWeight`: the layout the fast CPU kernels read, prepared once at compile time.
+
+The compact :class:`crisp.format.HybridSparseTensor` stores kept blocks plus bit-packed N:M
+offsets, which is small but must be decoded before use. The kernels instead want, for every
+output channel (GEMM row) ``r``, its kept values ``vals[row_ptr[r]:row_ptr[r+1]]`` next to the
+GEMM column each one multiplies (``cols``, int32, in (kh, kw, cin) order, ascending): the
+offsets decoded into gather indices once, so a call does no unpacking. Pruned blocks and
+pruned N:M entries are absent; so are the zero entries the compact format pads edge tiles and
+short groups with. The packed form holds nothing dense: 8 bytes per kept weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from crisp.errors import FormatError
+from crisp.format import HybridSparseTensor
+from crisp.gemm_view import gemm_to_weight
+
+
+@dataclass(frozen=True, eq=False)
+class PackedHybridWeight:
+    """A hybrid-sparse GEMM weight ``G[rows, K]`` as per-row (value, column) lists."""
+
+    row_ptr: torch.Tensor  # int64 [rows + 1]
+    cols: torch.Tensor  # int32 [nnz], GEMM column of each kept value
+    vals: torch.Tensor  # float32 [nnz]
+    shape: tuple[int, int]  # (rows, K)
+    weight_shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_compact(cls, weight: HybridSparseTensor) -> "PackedHybridWeight":
+        """Decode the compact tensor's block columns and N:M offsets into per-row gather lists."""
+        rows, k = weight.shape
+        cols = weight.gather_columns()  # [nbr, B, V] in the block-padded K
+        vals = weight.values_by_row().to(torch.float32)
+        nbr, b, v = cols.shape
+        cols = cols.reshape(nbr * b, v)[:rows]
+        vals = vals.reshape(nbr * b, v)[:rows]
+        keep = (cols < k) & (vals != 0)  # drop edge-tile padding and explicit zeros
+        counts = keep.sum(1)
+        row_ptr = torch.zeros(rows + 1, dtype=torch.int64)
+        row_ptr[1:] = torch.cumsum(counts, 0)
+        # boolean indexing walks rows in order and keeps each row's ascending column order
+        return cls(
+            row_ptr=row_ptr,
+            cols=cols[keep].to(torch.int32).contiguous(),
+            vals=vals[keep].contiguous(),
+            shape=(rows, k),
+            weight_shape=tuple(weight.weight_shape),
+        )
+
+    def validate(self) -> None:
+        """Check every invariant the kernels rely on (they index without bounds checks)."""
+        rows, k = self.shape
+        rp, cols, vals = self.row_ptr, self.cols, self.vals
+        if rp.dtype != torch.int64 or rp.dim() != 1 or rp.numel() != rows + 1:
+            raise FormatError(f"row_ptr must be int64 with {rows + 1} entries, got {rp.dtype} {tuple(rp.shape)}")
+        if cols.dtype != torch.int32 or cols.dim() != 1:
+            raise FormatError(f"cols must be a 1-D int32 tensor, got {cols.dtype} {tuple(cols.shape)}")
+        if vals.dtype != torch.float32 or vals.shape != cols.shape:
+            raise FormatError(f"vals must be float32 shaped like cols {tuple(cols.shape)}, got {vals.dtype} {tuple(vals.shape)}")
+        if not (rp.is_contiguous() and cols.is_contiguous() and vals.is_contiguous()):
+            raise FormatError("packed weight tensors must be contiguous")
+        if int(rp[0]) != 0 or int(rp[-1]) != cols.numel() or bool((rp[1:] < rp[:-1]).any()):
+            raise FormatError("row_ptr must start at 0, never decrease and end at the number of values")
+        if cols.numel() and (int(cols.min()) < 0 or int(cols.max()) >= k):
+            raise FormatError(f"a packed column index lies outside [0, {k})")
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[1]
+
+    @property
+    def nnz(self) -> int:
+        return self.cols.numel()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.row_ptr, self.cols, self.vals))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The arrays to register as buffers of a module that calls the kernels."""
+        return {"row_ptr": self.row_ptr, "cols": self.cols, "vals": self.vals}
+
+    def to_dense_gemm(self) -> torch.Tensor:
+        """The weight as a dense ``[rows, K]`` matrix (for tests and measurements only)."""
+        rows, k = self.shape
+        dense = torch.zeros(rows, k, dtype=self.vals.dtype)
+        row_of = torch.repeat_interleave(torch.arange(rows), self.row_ptr[1:] - self.row_ptr[:-1])
+        dense[row_of, self.cols.to(torch.int64)] = self.vals
+        return dense
+
+    def to_dense(self) -> torch.Tensor:
+        return gemm_to_weight(self.to_dense_gemm(), self.weight_shape)
