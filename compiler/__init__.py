@@ -19,11 +19,13 @@ from .pattern import Pattern
 from .pipeline import PIPELINES, Pipeline, default_pipeline
 from .report import Report
 from .selection import select_hybrid_masks
+from .simulate_api import compare_archs, simulate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CompiledModel", "CrispError", "FormatError", "HybridSparseTensor", "LayerInfo", "ModelError", "PIPELINES",
     "PassOrderError", "Pattern", "PatternError", "Pipeline", "Report", "TraceError", "UnknownTargetError",
-    "VerificationError", "apply_masks", "compile", "default_pipeline", "models", "select_hybrid_masks",
+    "VerificationError", "apply_masks", "compare_archs", "compile", "default_pipeline", "models", "select_hybrid_masks",
+    "simulate",
 ]

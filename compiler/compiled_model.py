@@ -38,6 +38,12 @@ class CompiledModel:
     def sparsity(self) -> float | None:
         return self.report.achieved_sparsity
 
+    def simulate(self, arch="crisp-stc", *, strict: bool = False):
+        """Replay this model on an accelerator model (see :func:`crisp.simulate`)."""
+        from .simulate_api import simulate
+
+        return simulate(self, arch, strict=strict)
+
     def __call__(self, *args, **kwargs):
         with torch.no_grad():
             return self.module(*args, **kwargs)

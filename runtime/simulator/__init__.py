@@ -1,1 +1,24 @@
-"""crisp.runtime.simulator: replays instruction traces on accelerator models (CRISP-STC, NVIDIA-STC, DSTC, TC)."""
+"""crisp.runtime.simulator: replays instruction traces on accelerator models (CRISP-STC, NVIDIA-STC, DSTC, TC).
+
+An architecture is data (:class:`Arch`, presets in :data:`PRESETS`, TOML/JSON files via
+:func:`load_arch`). Layers become :class:`LayerSpec` objects, are lowered to instruction
+records for one architecture (:mod:`.lowering`), and replayed on it (:mod:`.replay`) for cycles,
+bounds and energy (:mod:`.energy`). The trace file format lives in ``crisp.backends.stc_trace``
+and the public entry point is ``crisp.simulate``.
+"""
+
+from .arch import Arch
+from .arch_io import arch_from_dict, load_arch, save_arch
+from .energy import COMPONENTS, ENERGY_TABLES, EnergyTable
+from .engine import simulate_specs
+from .errors import ArchError, PatternFallbackWarning, SimulationInputError, TraceFormatError, UnsupportedPatternError
+from .presets import DEFAULT_COMPARISON, PRESETS, get_arch, preset_names
+from .result import Comparison, LayerResult, SimulationResult
+from .workload import LayerSpec, specs_from_layers
+
+__all__ = [
+    "Arch", "ArchError", "COMPONENTS", "Comparison", "DEFAULT_COMPARISON", "ENERGY_TABLES", "EnergyTable",
+    "LayerResult", "LayerSpec", "PRESETS", "PatternFallbackWarning", "SimulationInputError", "SimulationResult",
+    "TraceFormatError", "UnsupportedPatternError", "arch_from_dict", "get_arch", "load_arch", "preset_names",
+    "save_arch", "simulate_specs", "specs_from_layers",
+]
