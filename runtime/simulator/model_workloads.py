@@ -26,20 +26,12 @@ from torch import nn
 from crisp.errors import ModelError
 from crisp.gemm_view import weight_to_gemm
 from crisp.pattern import Pattern, check_sparsity, resolve_pattern
+from crisp.passes.find_prunable_layers import describe_layer
 from crisp.selection import select_hybrid_masks
 
 from .workload import LayerSpec
 
 DISTRIBUTIONS = ("global", "per-layer")
-
-
-def _prunable(module: nn.Module, block: int) -> bool:
-    if isinstance(module, nn.Linear):
-        return module.in_features >= block
-    if isinstance(module, nn.Conv2d):
-        k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        return module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str) and k >= block
-    return False
 
 
 def _layer_geometry(model: nn.Module, example: torch.Tensor) -> dict[str, dict]:
@@ -68,7 +60,8 @@ def fast_model_specs(model: nn.Module, example: torch.Tensor, pattern: Pattern, 
     batch = int(example.shape[0])
     mods = dict(model.named_modules())
     order = list(geo)  # execution order, as crisp.compile's graph lists the layers (selection breaks ties by it)
-    prunable = [n for n in order if _prunable(mods[n], pattern.block)]
+    # the same decision FindPrunableLayers makes inside crisp.compile
+    prunable = [n for n in order if describe_layer(n, mods[n], geo[n]["out"], batch, pattern, None).prunable]
     sal = {n: weight_to_gemm(mods[n].weight.detach()).abs() for n in prunable}
     masks = {}
     if distribution == "global" and sal:
