@@ -15,6 +15,7 @@ from .errors import (
 from .format import HybridSparseTensor
 from .layer_info import LayerInfo
 from .masking import apply_masks
+from .onnx_optimize import AlreadyOptimizedError, optimize_onnx, optimize_onnx_with_report
 from .pattern import Pattern
 from .pipeline import PIPELINES, Pipeline, default_pipeline
 from .report import Report
@@ -24,6 +25,7 @@ from .simulate_api import compare_archs, simulate
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlreadyOptimizedError", "optimize_onnx", "optimize_onnx_with_report",
     "CompiledModel", "CrispError", "FormatError", "HybridSparseTensor", "LayerInfo", "ModelError", "PIPELINES",
     "PassOrderError", "Pattern", "PatternError", "Pipeline", "Report", "TraceError", "UnknownTargetError",
     "VerificationError", "apply_masks", "compare_archs", "compile", "default_pipeline", "models", "select_hybrid_masks",

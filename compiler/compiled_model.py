@@ -38,6 +38,12 @@ class CompiledModel:
     def sparsity(self) -> float | None:
         return self.report.achieved_sparsity
 
+    def to_onnx(self, path=None, **kwargs):
+        """Export to crisp's compact ONNX form (stock onnxruntime runs it); returns the ModelProto."""
+        from crisp.backends.onnx_backend import export_compiled_to_onnx
+
+        return export_compiled_to_onnx(self, path, **kwargs)
+
     def simulate(self, arch="crisp-stc", *, strict: bool = False):
         """Replay this model on an accelerator model (see :func:`crisp.simulate`)."""
         from .simulate_api import simulate

@@ -23,7 +23,8 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from .errors import CrispError, ModelError
+from .errors import ModelError
+from .fileio import OutputError
 
 MIN_SOURCE_OPSET = 7
 PROTOBUF_LIMIT = 2**31 - 1
@@ -34,7 +35,7 @@ class OnnxInputError(ModelError):
     """The ONNX file or model given to crisp cannot be read or is not a valid ONNX model."""
 
 
-class OnnxOutputError(CrispError, OSError):
+class OnnxOutputError(OutputError):
     """The ONNX output cannot be written where asked."""
 
 
@@ -81,11 +82,38 @@ def check_input(model: onnx.ModelProto, label: str = "the model") -> None:
     if not _looks_like_model(model):
         raise OnnxInputError(f"{label} is not an ONNX model (no graph or no opset import)")
     try:
-        if model.ByteSize() < PROTOBUF_LIMIT:
-            onnx.checker.check_model(model)
+        onnx.checker.check_model(skeleton(model))
     except (onnx.checker.ValidationError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OnnxInputError(f"{label} fails the ONNX checker: {first}; fix or re-export the model") from None
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        if fd.is_repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.type == fd.TYPE_MESSAGE:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def skeleton(model: onnx.ModelProto, keep_below: int = 4096) -> onnx.ModelProto:
+    """A copy of ``model`` whose large initializers are graph inputs of the same type and shape
+    instead, so that the checker and shape inference run fast (and past protobuf's 2 GiB) on
+    models with big weights. Small initializers (shapes, scalars) keep their values."""
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip="graph")
+    _copy_fields(model.graph, out.graph, skip="initializer")
+    inputs = {i.name for i in out.graph.input}
+    for t in model.graph.initializer:
+        if tensor_nbytes(t) < keep_below:
+            out.graph.initializer.append(t)
+        elif t.name not in inputs:
+            out.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return out
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -248,16 +276,25 @@ def remove_unused_initializers(model: onnx.ModelProto, names: set[str]) -> None:
 
 # ---------------------------------------------------------------------------------- saving
 def tensor_bytes(model: onnx.ModelProto) -> int:
-    return sum(_tensor_nbytes(t) for t in model.graph.initializer)
+    return sum(tensor_nbytes(t) for t in model.graph.initializer)
 
 
-def _tensor_nbytes(t: onnx.TensorProto) -> int:
-    if t.raw_data:
-        return len(t.raw_data)
+def tensor_nbytes(t: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data, from its dims and type (reading ``raw_data`` would copy it)."""
     if t.data_location == onnx.TensorProto.EXTERNAL:
         for e in t.external_data:
             if e.key == "length":
                 return int(e.value)
+    if t.data_type not in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        try:
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        except (KeyError, TypeError, ValueError):
+            itemsize = 0
+        if itemsize:
+            count = 1
+            for d in t.dims:
+                count *= int(d)
+            return count * itemsize
     return numpy_helper.to_array(t).nbytes
 
 
@@ -297,3 +334,4 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data
             leftover.unlink(missing_ok=True)
         os.rmdir(tmp_dir)
     return target
+

@@ -22,7 +22,7 @@ from onnx import helper
 
 from crisp.backends.onnx_compact import ConvGeometry
 from .gemm_view import gemm_shape, gemm_to_weight, weight_to_gemm
-from .onnx_io import fold_constant_tensors, replace_with_initializers
+from .onnx_io import fold_constant_tensors, replace_with_initializers, skeleton
 
 PRUNABLE_DTYPES = (np.float32,)
 
@@ -56,7 +56,8 @@ class OnnxLayer:
 
     def weight_from_onnx(self, array: np.ndarray) -> torch.Tensor:
         """The ONNX weight array in the torch layout of ``weight_shape``."""
-        t = torch.from_numpy(np.ascontiguousarray(array))
+        array = np.ascontiguousarray(array)
+        t = torch.from_numpy(array if array.flags.writeable else array.copy())
         return t.t().contiguous() if self.weight_transposed else t
 
     def weight_to_onnx(self, weight: torch.Tensor) -> np.ndarray:
@@ -112,117 +113,107 @@ def _conv_geometry(node: onnx.NodeProto, weight: np.ndarray) -> tuple[ConvGeomet
     return ConvGeometry((kh, kw), strides, dilations, pads), ""
 
 
+def _candidates(graph: onnx.GraphProto) -> list[tuple[int, onnx.NodeProto]]:
+    return [
+        (idx, node) for idx, node in enumerate(graph.node)
+        if node.domain in ("", "ai.onnx") and node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) >= 2
+    ]
+
+
 def find_layers(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> list[OnnxLayer]:
     """Every Conv/Gemm/MatMul of the main graph, with ``prunable`` and a ``reason`` filled in.
 
-    Weights produced by constant subgraphs are folded into initializers in ``model`` (in
-    place) so that later steps read and replace them like any other initializer.
+    Weights (and biases) produced by constant subgraphs are folded into initializers in
+    ``model`` (in place), so that later steps read and replace them like any other initializer.
     """
     graph = model.graph
-    nodes = list(graph.node)
-    candidates: list[tuple[int, onnx.NodeProto, str]] = []
-    for idx, node in enumerate(nodes):
-        if node.domain not in ("", "ai.onnx"):
-            continue
-        if node.op_type == "Conv" and len(node.input) >= 2:
-            candidates.append((idx, node, node.input[1]))
-        elif node.op_type in ("Gemm", "MatMul") and len(node.input) >= 2:
-            candidates.append((idx, node, node.input[1]))
-    want = sorted({w for _, _, w in candidates} | {n.input[2] for _, n, _ in candidates if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2]})
-    consts = fold_constant_tensors(model, want)
-    folded = {name: value for name, value in consts.items() if name not in {t.name for t in graph.initializer}}
+    want = set()
+    for _, node in _candidates(graph):
+        want.update(i for i in node.input[:3] if i)
+    consts = fold_constant_tensors(model, sorted(want))
+    initialized = {t.name for t in graph.initializer}
+    folded = {name: value for name, value in consts.items() if name not in initialized}
     if folded:
         replace_with_initializers(model, folded)
-        # node indices changed if producer nodes were removed
-        nodes = list(graph.node)
-        position = {id(n): i for i, n in enumerate(nodes)}
-    else:
-        position = None
     uses: dict[str, int] = {}
     for node in graph.node:
         for i in node.input:
             uses[i] = uses.get(i, 0) + 1
     graph_inputs = {i.name for i in graph.input}
     graph_outputs = {o.name for o in graph.output}
-    first_inputs = {n.input[0] for n in graph.node if n.op_type in ("Gemm", "MatMul") and n.input}
+    return [_describe(idx, node, consts, uses, graph_inputs, graph_outputs, exclude) for idx, node in _candidates(graph)]
 
-    layers = []
-    by_index = {i: n for i, n in enumerate(graph.node)}
-    index_of = {n.output[0]: i for i, n in enumerate(graph.node) if n.output}
-    for _, node, weight_name in candidates:
-        idx = index_of.get(node.output[0], -1)
-        node = by_index.get(idx, node)
-        name = node.name or f"{node.op_type}_{idx}"
-        layer = OnnxLayer(name, node.op_type, "conv" if node.op_type == "Conv" else "linear", idx,
-                          node.input[0], node.output[0], weight_name)
-        layers.append(layer)
-        weight = consts.get(weight_name)
-        if node.op_type == "Gemm" and node.input[0] in consts and weight is None:
-            layer.reason = "Gemm with a constant A and a computed B: the weight is on the wrong side"
-            continue
-        if weight is None:
-            layer.reason = "weight is computed from graph inputs, not a constant"
-            continue
-        if node.op_type == "MatMul" and node.input[0] in consts:
-            layer.reason = "both MatMul operands are constant"
-            continue
-        if weight.dtype.type not in PRUNABLE_DTYPES:
-            layer.reason = f"weight dtype {weight.dtype} is not pruned (float32 only)"
-            continue
-        if weight_name in graph_outputs or uses.get(weight_name, 0) > 1:
-            layer.reason = f"weight {weight_name!r} is shared with other nodes or outputs"
-            continue
-        if weight_name in graph_inputs:
-            layer.reason = f"weight {weight_name!r} is also a graph input (it can be overridden at run time)"
-            continue
-        a = _attrs(node)
-        if node.op_type == "Conv":
-            geometry, why = _conv_geometry(node, weight)
-            if geometry is None:
-                layer.reason = why
-                continue
-            layer.conv = geometry
-            layer.weight_shape = tuple(int(d) for d in weight.shape)
-            layer.bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        elif node.op_type == "Gemm":
-            if weight.ndim != 2:
-                layer.reason = "Gemm weight is not 2-D"
-                continue
-            layer.trans_a = bool(a.get("transA", 0))
-            layer.weight_transposed = not bool(a.get("transB", 0))
-            layer.alpha = float(a.get("alpha", 1.0))
-            layer.beta = float(a.get("beta", 1.0))
-            rows = weight.shape[1] if layer.weight_transposed else weight.shape[0]
-            if len(node.input) > 2 and node.input[2]:
-                bias = consts.get(node.input[2])
-                if bias is None:
-                    layer.reason = "Gemm bias C is computed at run time"
-                    continue
-                if bias.size not in (1, rows) or (bias.ndim == 2 and bias.shape[0] != 1) or bias.ndim > 2:
-                    layer.reason = f"Gemm bias C of shape {tuple(bias.shape)} is not one value per output"
-                    continue
-                layer.bias_name = node.input[2]
-                layer.extra["bias"] = bias
-            layer.weight_shape = tuple(int(d) for d in (weight.T.shape if layer.weight_transposed else weight.shape))
-        else:  # MatMul
-            if weight.ndim != 2:
-                layer.reason = f"MatMul weight has {weight.ndim} dimensions (only 2-D weights are pruned)"
-                continue
-            layer.weight_transposed = True
-            layer.weight_shape = (int(weight.shape[1]), int(weight.shape[0]))
-        pat = _matches(layer, exclude)
-        if pat is not None:
-            layer.reason = f"excluded by the user ({pat!r})"
-            continue
-        layer.prunable = True
-        layer.reason = "pruned"
-    return layers
+
+def _describe(idx, node, consts, uses, graph_inputs, graph_outputs, exclude) -> OnnxLayer:
+    weight_name = node.input[1]
+    layer = OnnxLayer(node.name or f"{node.op_type}_{idx}", node.op_type, "conv" if node.op_type == "Conv" else "linear",
+                      idx, node.input[0], node.output[0], weight_name)
+    weight = consts.get(weight_name)
+    if weight is None:
+        layer.reason = ("the constant operand is the first one (crisp prunes a constant right-hand weight)"
+                        if node.input[0] in consts else "weight is computed from graph inputs, not a constant")
+        return layer
+    if node.input[0] in consts:
+        layer.reason = "both operands are constant (nothing to run at inference)"
+        return layer
+    if weight.dtype.type not in PRUNABLE_DTYPES:
+        layer.reason = f"weight dtype {weight.dtype} is not pruned (float32 only)"
+        return layer
+    if weight_name in graph_outputs or uses.get(weight_name, 0) > 1:
+        layer.reason = f"weight {weight_name!r} is shared with other nodes or outputs"
+        return layer
+    if weight_name in graph_inputs:
+        layer.reason = f"weight {weight_name!r} is also a graph input (it can be overridden at run time)"
+        return layer
+    a = _attrs(node)
+    if node.op_type == "Conv":
+        geometry, why = _conv_geometry(node, weight)
+        if geometry is None:
+            layer.reason = why
+            return layer
+        layer.conv = geometry
+        layer.weight_shape = tuple(int(d) for d in weight.shape)
+        layer.bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    elif node.op_type == "Gemm":
+        if weight.ndim != 2:
+            layer.reason = "Gemm weight is not 2-D"
+            return layer
+        layer.trans_a = bool(a.get("transA", 0))
+        layer.weight_transposed = not bool(a.get("transB", 0))
+        layer.alpha = float(a.get("alpha", 1.0))
+        layer.beta = float(a.get("beta", 1.0))
+        rows = weight.shape[1] if layer.weight_transposed else weight.shape[0]
+        if len(node.input) > 2 and node.input[2]:
+            bias = consts.get(node.input[2])
+            if bias is None:
+                layer.reason = "Gemm bias C is computed at run time"
+                return layer
+            if bias.size not in (1, rows) or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
+                layer.reason = f"Gemm bias C of shape {tuple(bias.shape)} is not one value per output"
+                return layer
+            layer.bias_name = node.input[2]
+            layer.extra["bias"] = bias
+        layer.weight_shape = tuple(int(d) for d in (weight.T.shape if layer.weight_transposed else weight.shape))
+    else:  # MatMul
+        if weight.ndim != 2:
+            layer.reason = f"MatMul weight has {weight.ndim} dimensions (only 2-D weights are pruned)"
+            return layer
+        layer.weight_transposed = True
+        layer.weight_shape = (int(weight.shape[1]), int(weight.shape[0]))
+    pat = _matches(layer, exclude)
+    if pat is not None:
+        layer.reason = f"excluded by the user ({pat!r})"
+        return layer
+    layer.prunable = True
+    layer.reason = "pruned"
+    layer.extra["weight"] = weight
+    return layer
 
 
 def set_out_positions(model: onnx.ModelProto, layers: list[OnnxLayer]) -> None:
     """Fill ``out_positions`` from ONNX shape inference where the output shape is known."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False)
     except Exception:  # shape inference is best effort here; the report then shows no MACs
         return
     shapes = {}
