@@ -14,7 +14,13 @@ from .errors import (
 )
 from .format import HybridSparseTensor
 from .layer_info import LayerInfo
+from .head import to_original_classes
 from .masking import apply_masks
+from .prune_api import prune
+from .prune_loop import PruneHistory, StepRecord
+from .saliency import magnitude_saliency, taylor_saliency
+from .stability import StabilityCertificate, stability_certificate
+from .user_classes import user_classes
 from .onnx_optimize import AlreadyOptimizedError, optimize_onnx, optimize_onnx_with_report
 from .pattern import Pattern
 from .pipeline import PIPELINES, Pipeline, default_pipeline
@@ -25,6 +31,8 @@ from .simulate_api import compare_archs, simulate
 __version__ = "0.1.0"
 
 __all__ = [
+    "PruneHistory", "StabilityCertificate", "StepRecord", "magnitude_saliency", "prune", "stability_certificate",
+    "taylor_saliency", "to_original_classes", "user_classes",
     "AlreadyOptimizedError", "optimize_onnx", "optimize_onnx_with_report",
     "CompiledModel", "CrispError", "FormatError", "HybridSparseTensor", "LayerInfo", "ModelError", "PIPELINES",
     "PassOrderError", "Pattern", "PatternError", "Pipeline", "Report", "TraceError", "UnknownTargetError",

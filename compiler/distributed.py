@@ -55,6 +55,16 @@ def broadcast_masks(masks: dict[str, torch.Tensor], src: int = 0) -> dict[str, t
     return {name: out[name] for name in masks}
 
 
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s floating-point buffers (BatchNorm statistics): DDP syncs them
+    at the start of each forward, so after the last training step they may still differ."""
+    if not is_distributed():
+        return
+    for _, buf in sorted(model.named_buffers(), key=lambda item: item[0]):
+        if buf.dtype.is_floating_point:
+            dist.broadcast(buf, src)
+
+
 def wrap_for_training(model: nn.Module) -> nn.Module:
     """DistributedDataParallel around ``model`` under a process group, else ``model`` itself."""
     if not is_distributed():

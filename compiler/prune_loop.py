@@ -15,15 +15,17 @@ evaluate, record a :class:`StepRecord` and call the callbacks.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .distributed import rank, wrap_for_training
+from .distributed import broadcast_buffers, rank, wrap_for_training
 from .finetune import evaluate, train_epoch
 from .gemm_view import as_blocks, gemm_to_weight, pad_to_blocks, weight_to_gemm
 from .learned_masks import LearnedMasking, block_keep_mask, restrict_to_choice
@@ -137,6 +139,7 @@ class SteMasker:
         self.names = list(names)
         self._select = select
         self._masks = {n: torch.ones_like(latent_weight(model, n), dtype=torch.bool) for n in self.names}
+        set_ste_masks(model, self._masks)  # parametrize now, before any DDP wrapper sees the parameters
 
     def latent(self) -> dict[str, torch.Tensor]:
         return {n: latent_weight(self.model, n) for n in self.names}
@@ -208,19 +211,13 @@ def gradient_pass(model: nn.Module, batches: Iterable, after_backward: Callable[
     was_training = model.training
     model.eval()
     try:
-        train_epoch_no_step(model, batches, after_backward)
+        for x, y in batches:
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            after_backward()
+        model.zero_grad(set_to_none=True)
     finally:
         model.train(was_training)
-
-
-def train_epoch_no_step(model: nn.Module, batches: Iterable, after_backward: Callable[[], None]) -> None:
-    import torch.nn.functional as F
-
-    for x, y in batches:
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        after_backward()
-    model.zero_grad(set_to_none=True)
 
 
 def run_schedule(
@@ -243,18 +240,21 @@ def run_schedule(
     """Alg. 1's loop on ``model`` (changed in place through ``masker``); returns the step records."""
     train_model = wrap_for_training(model)
     optimizer = masker.make_optimizer(lr, momentum, weight_decay)
-    total_epochs = max(1, warmup_epochs + len(schedule) * epochs_per_step)
-    lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_epochs)
     acc = TaylorAccumulator(masker.latent())
     show = progress and rank() == 0
 
-    def epoch(desc: str) -> float:
-        loss = train_epoch(train_model, train_batches, optimizer, after_backward=acc.add, progress=show, desc=desc)
-        lr_schedule.step()
+    def epoch(desc: str, index: int, count: int) -> float:
+        # cosine decay inside each fine-tune phase (warm-up, then every step): each pruning step
+        # starts again from the full learning rate to recover from its cut
+        for group in optimizer.param_groups:
+            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * index / max(1, count)))
+        hook = acc.add if saliency == "taylor" else None
+        loss = train_epoch(train_model, train_batches, optimizer, after_backward=hook, progress=show, desc=desc)
+        broadcast_buffers(model)
         return loss
 
     for e in range(warmup_epochs):
-        epoch(f"warm-up {e + 1}/{warmup_epochs}")
+        epoch(f"warm-up {e + 1}/{warmup_epochs}", e, warmup_epochs)
     pending = dict(initial_saliency) if initial_saliency is not None else None
     if saliency == "taylor" and pending is None and acc.batches == 0:
         gradient_pass(train_model, train_batches, acc.add)
@@ -273,11 +273,12 @@ def run_schedule(
         change = changed / max(1, sum(m.numel() for m in masks.values()))
         previous = {n: m.clone() for n, m in masks.items()}
         acc.reset()
-        losses = [epoch(f"step {p + 1}/{len(schedule)} epoch {e + 1}/{epochs_per_step}") for e in range(epochs_per_step)]
-        if saliency == "taylor" and acc.batches == 0:
+        losses = [epoch(f"step {p + 1}/{len(schedule)} epoch {e + 1}/{epochs_per_step}", e, epochs_per_step)
+                  for e in range(epochs_per_step)]
+        if saliency == "taylor" and acc.batches == 0 and p + 1 < len(schedule):
             gradient_pass(train_model, train_batches, acc.add)
         eval_batches, split = (val_batches, "val") if val_batches is not None else (train_batches, "train")
-        eval_loss, accuracy, _ = evaluate(model, eval_batches)
+        _, accuracy, _ = evaluate(model, eval_batches)
         loss = losses[-1] if losses else evaluate(model, train_batches)[0]
         record = StepRecord(
             step=p,
