@@ -4,12 +4,18 @@
 use for the machine it runs on (``-O3 -march=native``, OpenMP through ATen's thread pool) and
 cached under ``$CRISP_CACHE_DIR`` (default ``$XDG_CACHE_HOME/crisp`` or ``~/.cache/crisp``),
 keyed by the source, the torch version, the compiler flags and the CPU's feature flags, so a
-later process (or a rebuilt source) finds or makes the right build. Loading registers two ops:
+later process (or a rebuilt source) finds or makes the right build. Loading registers the ops:
 
 - ``crisp::hybrid_sparse_conv2d_fast(x, row_ptr, cols, vals, in_features, bias, residual,
-  kernel_size, stride, padding, dilation, relu)``: NCHW conv with a :class:`PackedHybridWeight`,
-  fused bias, residual add and ReLU;
-- ``crisp::hybrid_sparse_linear_fast(x, row_ptr, cols, vals, in_features, bias, relu)``.
+  kernel_size, stride, padding, dilation, clamp_min, clamp_max, channels_last)``: conv with a
+  :class:`PackedHybridWeight` (vectorized over output positions, NCHW planes), fused bias, residual
+  add and clamp (ReLU is [0, inf), ReLU6 [0, 6]);
+- ``crisp::hybrid_sparse_conv2d_nhwc(x, vals, idx, gtap, gcin, rows, n, m, bias, residual,
+  kernel_size, stride, padding, dilation, clamp_min, clamp_max)``: the same with a
+  :class:`ChannelPackedWeight` (vectorized over output channels, channels-last in and out; needs
+  AVX-512, see :func:`channel_kernel_available`);
+- ``crisp::hybrid_sparse_linear_fast(x, row_ptr, cols, vals, in_features, bias, clamp_min, clamp_max)``;
+- ``crisp::channel_kernel_available()``: whether this build has the channel-vector kernel.
 
 If the build or the self-check fails (no compiler, unsupported CPU or flags, a wrong result),
 :func:`available` returns False after ONE :class:`FastKernelUnavailableWarning`; callers then run
@@ -29,10 +35,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from .packed_weight import PackedHybridWeight
+from .packed_weight import ChannelPackedWeight, PackedHybridWeight
 
 SOURCE = Path(__file__).parent / "csrc" / "hybrid_sparse_cpu.cpp"
-CFLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17")
+CFLAGS = ("-O3", "-march=native", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
 DISABLE_ENV = "CRISP_DISABLE_FAST_KERNEL"
 
@@ -97,19 +103,31 @@ def _build_and_load() -> str:
     )
 
 
+def _conv_out_shape(x, rows, kernel_size, stride, padding, dilation) -> tuple:
+    def pair(v, i):
+        return v[0] if len(v) == 1 else v[i]
+
+    n, _, h, w = x.shape
+    oh = (h + 2 * pair(padding, 0) - pair(dilation, 0) * (pair(kernel_size, 0) - 1) - 1) // pair(stride, 0) + 1
+    ow = (w + 2 * pair(padding, 1) - pair(dilation, 1) * (pair(kernel_size, 1) - 1) - 1) // pair(stride, 1) + 1
+    return (n, rows, oh, ow)
+
+
 def _register_fakes() -> None:
     @torch.library.register_fake("crisp::hybrid_sparse_conv2d_fast")
-    def _(x, row_ptr, cols, vals, in_features, bias, residual, kernel_size, stride, padding, dilation, relu):
-        def pair(v, i):
-            return v[0] if len(v) == 1 else v[i]
+    def _(x, row_ptr, cols, vals, in_features, bias, residual, kernel_size, stride, padding, dilation, clamp_min,
+          clamp_max, channels_last):
+        out = x.new_empty(_conv_out_shape(x, row_ptr.shape[0] - 1, kernel_size, stride, padding, dilation))
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
-        n, _, h, w = x.shape
-        oh = (h + 2 * pair(padding, 0) - pair(dilation, 0) * (pair(kernel_size, 0) - 1) - 1) // pair(stride, 0) + 1
-        ow = (w + 2 * pair(padding, 1) - pair(dilation, 1) * (pair(kernel_size, 1) - 1) - 1) // pair(stride, 1) + 1
-        return x.new_empty((n, row_ptr.shape[0] - 1, oh, ow))
+    @torch.library.register_fake("crisp::hybrid_sparse_conv2d_nhwc")
+    def _(x, vals, idx, gtap, gcin, rows, n, m, bias, residual, kernel_size, stride, padding, dilation, clamp_min,
+          clamp_max):
+        out = x.new_empty(_conv_out_shape(x, rows, kernel_size, stride, padding, dilation))
+        return out.contiguous(memory_format=torch.channels_last)
 
     @torch.library.register_fake("crisp::hybrid_sparse_linear_fast")
-    def _(x, row_ptr, cols, vals, in_features, bias, relu):
+    def _(x, row_ptr, cols, vals, in_features, bias, clamp_min, clamp_max):
         return x.new_empty((*x.shape[:-1], row_ptr.shape[0] - 1))
 
 
@@ -126,11 +144,15 @@ def _self_check() -> None:
     packed = PackedHybridWeight.from_compact(HybridSparseTensor.from_dense(w, mask, p))
     x = torch.randn(2, 12, 9, 11, generator=gen)
     bias = torch.randn(20, generator=gen)
-    for stride, pad, dil in ((1, 1, 1), (2, 1, 1), (1, 2, 2)):
-        got = conv2d(x, packed, bias, (3, 3), stride, pad, dil, relu=True)
+    channel = ChannelPackedWeight.from_compact(HybridSparseTensor.from_dense(w, mask, p), 12)
+    for stride, pad, dil in ((1, 1, 1), (2, 1, 1), (1, 2, 2), (1, 0, 1)):
         want = torch.relu(torch.nn.functional.conv2d(x, w * mask, bias, stride, pad, dil))
-        if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
-            raise RuntimeError(f"conv self-check failed (stride {stride}, padding {pad}, dilation {dil})")
+        got = [conv2d(x, packed, bias, (3, 3), stride, pad, dil, relu=True)]
+        if channel_kernel_available():
+            got.append(conv2d(x, channel, bias, (3, 3), stride, pad, dil, relu=True))
+        for g in got:
+            if not torch.allclose(g, want, rtol=1e-4, atol=1e-4):
+                raise RuntimeError(f"conv self-check failed (stride {stride}, padding {pad}, dilation {dil})")
     lw = torch.randn(24, 32, generator=gen)
     lmask = (torch.rand(24, 8, 4, generator=gen).argsort(-1) < 2).reshape(24, 32)
     lpacked = PackedHybridWeight.from_compact(HybridSparseTensor.from_dense(lw, lmask, p))
@@ -193,9 +215,22 @@ def _reset_for_tests() -> None:
 
 
 # ---------------------------------------------------------------------------- calls
+INF = float("inf")
+
+
+def clamp_bounds(relu: bool = False, clamp_max: float | None = None) -> tuple[float, float]:
+    """The (clamp_min, clamp_max) the ops take: ReLU is (0, inf), ReLU6 is (0, 6), none is (-inf, inf)."""
+    return (0.0 if relu else -INF), (INF if clamp_max is None else float(clamp_max))
+
+
+def channel_kernel_available() -> bool:
+    """Whether the channel-vector (NHWC, AVX-512) kernel was built here; needs :func:`available`."""
+    return bool(torch.ops.crisp.channel_kernel_available())
+
+
 def conv2d(
     x: torch.Tensor,
-    weight: PackedHybridWeight,
+    weight: PackedHybridWeight | ChannelPackedWeight,
     bias: Optional[torch.Tensor] = None,
     kernel_size: Sequence[int] | int = 1,
     stride: Sequence[int] | int = 1,
@@ -203,19 +238,33 @@ def conv2d(
     dilation: Sequence[int] | int = 1,
     *,
     relu: bool = False,
+    clamp_max: float | None = None,
     residual: Optional[torch.Tensor] = None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
-    """``relu?(conv2d(x, W) + bias + residual)`` with the packed hybrid-sparse weight (groups=1)."""
+    """``clamp(conv2d(x, W) + bias + residual)`` with a packed hybrid-sparse weight (groups=1);
+    ``relu=True`` clamps below at 0, ``clamp_max`` above (6 for ReLU6). A
+    :class:`ChannelPackedWeight` always returns a channels_last tensor; a
+    :class:`PackedHybridWeight` does when ``channels_last`` is set."""
 
     def pair(v):
         return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
 
+    lo, hi = clamp_bounds(relu, clamp_max)
+    geometry = (pair(kernel_size), pair(stride), pair(padding), pair(dilation), lo, hi)
+    if isinstance(weight, ChannelPackedWeight):
+        return torch.ops.crisp.hybrid_sparse_conv2d_nhwc(
+            x, weight.vals, weight.idx, weight.gtap, weight.gcin, weight.rows, weight.n, weight.m, bias, residual, *geometry
+        )
     return torch.ops.crisp.hybrid_sparse_conv2d_fast(
-        x, weight.row_ptr, weight.cols, weight.vals, weight.in_features, bias, residual,
-        pair(kernel_size), pair(stride), pair(padding), pair(dilation), relu,
+        x, weight.row_ptr, weight.cols, weight.vals, weight.in_features, bias, residual, *geometry, channels_last
     )
 
 
-def linear(x: torch.Tensor, weight: PackedHybridWeight, bias: Optional[torch.Tensor] = None, *, relu: bool = False) -> torch.Tensor:
-    """``relu?(x @ G.T + bias)`` with the packed hybrid-sparse weight."""
-    return torch.ops.crisp.hybrid_sparse_linear_fast(x, weight.row_ptr, weight.cols, weight.vals, weight.in_features, bias, relu)
+def linear(
+    x: torch.Tensor, weight: PackedHybridWeight, bias: Optional[torch.Tensor] = None, *, relu: bool = False,
+    clamp_max: float | None = None,
+) -> torch.Tensor:
+    """``clamp(x @ G.T + bias)`` with the packed hybrid-sparse weight."""
+    lo, hi = clamp_bounds(relu, clamp_max)
+    return torch.ops.crisp.hybrid_sparse_linear_fast(x, weight.row_ptr, weight.cols, weight.vals, weight.in_features, bias, lo, hi)

@@ -37,6 +37,9 @@ class PackedHybridWeight:
     def from_compact(cls, weight: HybridSparseTensor) -> "PackedHybridWeight":
         """Decode the compact tensor's block columns and N:M offsets into per-row gather lists."""
         rows, k = weight.shape
+        if weight.kept_blocks_per_row == 0:  # nothing kept at all
+            return cls(torch.zeros(rows + 1, dtype=torch.int64), torch.zeros(0, dtype=torch.int32),
+                       torch.zeros(0, dtype=torch.float32), (rows, k), tuple(weight.weight_shape))
         cols = weight.gather_columns()  # [nbr, B, V] in the block-padded K
         vals = weight.values_by_row().to(torch.float32)
         nbr, b, v = cols.shape
@@ -102,3 +105,63 @@ class PackedHybridWeight:
 
     def to_dense(self) -> torch.Tensor:
         return gemm_to_weight(self.to_dense_gemm(), self.weight_shape)
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelPackedWeight:
+    """A hybrid-sparse conv/linear weight packed for the channel-vector kernel (NHWC activations).
+
+    For every 16 output channels (a row vector ``rv``) and every N:M group ``g`` of its block-row's
+    kept blocks: ``vals[rv, g, j, lane]``, the ``j``-th kept value of output channel
+    ``16*rv + lane`` in that group, and ``idx[...]`` (uint8), its position inside the group. Per
+    block-row and group, ``gtap`` (kernel tap ``kh*kw_size + kw``) and ``gcin`` (first input
+    channel) locate the group's m inputs, which are consecutive channels of one pixel. Groups of
+    the zero padding past K point at tap 0, channel 0 and hold zero values.
+    """
+
+    vals: torch.Tensor  # float32 [row vectors, groups, n, 16]
+    idx: torch.Tensor  # uint8 [row vectors, groups, n, 16]
+    gtap: torch.Tensor  # int32 [block rows, groups]
+    gcin: torch.Tensor  # int32 [block rows, groups]
+    rows: int
+    n: int
+    m: int
+    in_channels: int
+    weight_shape: tuple[int, ...]
+
+    @staticmethod
+    def supports(weight: HybridSparseTensor, in_channels: int) -> bool:
+        """The layout needs 16 | block, m <= 16 and groups that never straddle two taps (m | C)."""
+        p = weight.pattern
+        return p.block % 16 == 0 and p.m <= 16 and in_channels % p.m == 0 and weight.shape[1] % in_channels == 0
+
+    @classmethod
+    def from_compact(cls, weight: HybridSparseTensor, in_channels: int) -> "ChannelPackedWeight":
+        """``in_channels``: input channels per tap (Cin for a conv, K for a linear layer)."""
+        if not cls.supports(weight, in_channels):
+            raise FormatError(
+                f"pattern {weight.pattern} with {in_channels} input channels does not fit the channel-vector layout"
+            )
+        p = weight.pattern
+        nbr, k = weight.block_cols.shape
+        b, groups, n = p.block, p.groups_per_block, p.n
+        rv_per_br = b // 16
+        values = weight.values.to(torch.float32).reshape(nbr, k, rv_per_br, 16, groups, n)
+        offsets = weight.unpacked_offsets().reshape(nbr, k, rv_per_br, 16, groups, n)
+        # -> [nbr, rv_per_br, k, groups, n, 16]
+        vals = values.permute(0, 2, 1, 4, 5, 3).reshape(nbr * rv_per_br, k * groups, n, 16)
+        idx = offsets.permute(0, 2, 1, 4, 5, 3).reshape(nbr * rv_per_br, k * groups, n, 16).to(torch.uint8)
+        start = weight.block_cols.to(torch.int64)[:, :, None] * b + torch.arange(groups) * p.m  # [nbr, k, groups]
+        start = start.reshape(nbr, k * groups)
+        real = start < weight.shape[1]
+        gtap = torch.where(real, start // in_channels, 0).to(torch.int32)
+        gcin = torch.where(real, start % in_channels, 0).to(torch.int32)
+        return cls(vals.contiguous(), idx.contiguous(), gtap.contiguous(), gcin.contiguous(), weight.shape[0], n, p.m,
+                   in_channels, tuple(weight.weight_shape))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.vals, self.idx, self.gtap, self.gcin))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"vals": self.vals, "idx": self.idx, "gtap": self.gtap, "gcin": self.gcin}

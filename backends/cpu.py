@@ -1,0 +1,254 @@
+"""The ``cpu`` target: run the lowered graph on crisp's fast CPU kernels.
+
+Lowering turns every pruned Conv2d into ``unfold -> (kh, kw, cin) reorder -> crisp::hybrid_sparse_gemm
+-> reshape`` and every pruned Linear into the gemm op; each node it creates carries
+``meta["crisp_lowered_from"]`` and the gemm node carries the layer's LayerInfo. This backend works
+on a copy of that graph (the input graph module is never changed) and, per pruned layer:
+
+- packs the compact weight once for the kernel that runs it, and the packed arrays replace the
+  layer's compact buffers in the copy: a conv whose N:M groups are whole runs of input channels
+  (m divides Cin) gets a :class:`ChannelPackedWeight` for ``crisp::hybrid_sparse_conv2d_nhwc``
+  (vectorized over output channels, channels-last in and out; AVX-512), any other conv a
+  :class:`PackedHybridWeight` for ``crisp::hybrid_sparse_conv2d_fast`` (vectorized over output
+  positions, writing channels-last too), a Linear a :class:`PackedHybridWeight` for
+  ``crisp::hybrid_sparse_linear_fast``;
+- replaces the layer's whole subgraph (unfold, reorder, gemm, reshape) with that one call, bias
+  (with folded BatchNorm) fused. Activations flow channels-last between layers, which the other
+  torch ops of the graph (pooling, adds) keep and handle fast;
+- fuses a following ReLU / ReLU6, and a same-shape residual ``add`` (+ ReLU) of ResNet and
+  MobileNetV2 blocks;
+- folds BatchNorms that follow dense (unpruned, e.g. depthwise) convs into them and gives those
+  convs channels-last weights.
+
+If the fast kernels cannot be built or fail their self-check, or the model is not float32, the
+backend returns the lowered graph unchanged (the reference kernel) after one warning.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from crisp.layer_info import META_KEY, LayerInfo
+from crisp.runtime import fast_kernel
+from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
+
+from .registry import BackendInput, BackendOutput, register_backend
+
+LOWERED_KEY = "crisp_lowered_from"
+GEMM_OP = torch.ops.crisp.hybrid_sparse_gemm.default
+
+
+class PackedLayer(nn.Module):
+    """Holds one pruned layer's packed weight and bias as buffers (they follow ``.to`` and state_dict)."""
+
+    def __init__(self, packed: PackedHybridWeight | ChannelPackedWeight, bias: torch.Tensor | None):
+        super().__init__()
+        for name, tensor in packed.tensors().items():
+            self.register_buffer(name, tensor)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
+        self.layout = "channel" if isinstance(packed, ChannelPackedWeight) else "rows"
+        self.weight_shape = packed.weight_shape
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for name, b in self.named_buffers() if name != "bias")
+
+    def extra_repr(self) -> str:
+        return f"layout={self.layout}, weight_shape={self.weight_shape}, bytes={self.nbytes}"
+
+
+def _activation(node: fx.Node, gm: fx.GraphModule) -> tuple[str, float, float] | None:
+    """(name, clamp_min, clamp_max) if ``node`` is a ReLU or ReLU6 the fast ops can fuse."""
+    inf = float("inf")
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        if isinstance(module, nn.ReLU6):
+            return ("relu6", 0.0, 6.0)
+        if isinstance(module, nn.ReLU):
+            return ("relu", 0.0, inf)
+        return None
+    if node.op == "call_function" and node.target in (torch.relu, torch.relu_, F.relu, torch.ops.aten.relu.default):
+        return ("relu", 0.0, inf)
+    if node.op == "call_function" and node.target is F.relu6:
+        return ("relu6", 0.0, 6.0)
+    if node.op == "call_method" and node.target in ("relu", "relu_") and len(node.args) == 1:
+        return ("relu", 0.0, inf)
+    return None
+
+
+INPLACE_ADDS = (("call_function", operator.iadd), ("call_method", "add_"))
+
+
+def _is_add(node: fx.Node, out: fx.Node) -> bool:
+    """A plain two-tensor add of ``out`` and something else; an in-place add only when it writes
+    into ``out`` (which then disappears), never into the other operand."""
+    plain = (node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add)) or (
+        node.op == "call_method" and node.target in ("add", "add_")
+    )
+    if not plain or len(node.args) != 2 or node.kwargs:
+        return False
+    if (node.op, node.target) in INPLACE_ADDS:
+        return node.args[0] is out
+    return True
+
+
+def _shape(node: Any) -> tuple | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _sole_user(node: fx.Node) -> fx.Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _layer_subgraph(graph: fx.Graph, info: LayerInfo, gemm: fx.Node) -> tuple[fx.Node, fx.Node, list[fx.Node]]:
+    """(input node, output node, all nodes) of the lowered subgraph of layer ``info``."""
+    group = [n for n in graph.nodes if n.meta.get(LOWERED_KEY) == info.name]
+    members = set(group)
+    if info.kind == "conv":
+        unfold = [n for n in group if n.op == "call_function" and n.target is F.unfold]
+        if len(unfold) != 1:
+            raise RuntimeError(f"layer {info.name!r}: expected one unfold node in its lowered subgraph")
+        x = unfold[0].args[0]
+    else:
+        x = gemm.args[0]
+    outputs = [n for n in group if any(u not in members for u in n.users)]
+    if len(outputs) != 1:
+        raise RuntimeError(f"layer {info.name!r}: expected one output node in its lowered subgraph, got {len(outputs)}")
+    return x, outputs[0], group
+
+
+def _fuse_layer(gm: fx.GraphModule, gemm: fx.Node, info: LayerInfo, fuse_activations: bool) -> str:
+    """Replace one layer's subgraph with a fused fast op; return a description of what was fused."""
+    graph = gm.graph
+    x, out, group = _layer_subgraph(graph, info, gemm)
+    holder_path = gemm.args[1].target.rsplit(".", 1)[0]  # "<layer>.values" -> "<layer>"
+    holder = gm.get_submodule(holder_path)
+    compact = holder.compact()
+    cin = info.weight_shape[1]
+    if info.kind == "conv" and fast_kernel.channel_kernel_available() and ChannelPackedWeight.supports(compact, cin):
+        packed = ChannelPackedWeight.from_compact(compact, cin)
+    else:
+        packed = PackedHybridWeight.from_compact(compact)
+    parent_path, _, leaf = holder_path.rpartition(".")
+    setattr(gm.get_submodule(parent_path) if parent_path else gm, leaf, PackedLayer(packed, holder.bias))
+
+    # what follows the layer: ReLU, or add(+ReLU) with a same-shape tensor
+    inf = float("inf")
+    end, residual, clamp, parts = out, None, (-inf, inf), ["bias"] if holder.bias is not None else []
+    if fuse_activations:
+        user = _sole_user(out)
+        if user is not None and info.kind == "conv" and _is_add(user, out):
+            other = user.args[1] if user.args[0] is out else user.args[0]
+            if isinstance(other, fx.Node) and other is not out and _shape(other) is not None and _shape(other) == _shape(out):
+                end, residual = user, other
+                parts.append("residual")
+                user = _sole_user(user)
+        act = _activation(user, gm) if user is not None else None
+        if act is not None:
+            end, clamp = user, act[1:]
+            parts.append(act[0])
+
+    with graph.inserting_before(end.next):
+        attrs = [graph.get_attr(f"{holder_path}.{name}") for name in packed.tensors()]
+        bias = graph.get_attr(f"{holder_path}.bias") if holder.bias is not None else None
+        if info.kind == "conv":
+            conv = info.conv
+            geometry = (list(conv["kernel_size"]), list(conv["stride"]), list(conv["explicit_padding"]),
+                        list(conv["dilation"]), *clamp)
+            if isinstance(packed, ChannelPackedWeight):
+                args = (x, *attrs, packed.rows, packed.n, packed.m, bias, residual, *geometry)
+                fused = graph.call_function(torch.ops.crisp.hybrid_sparse_conv2d_nhwc.default, args)
+            else:
+                args = (x, *attrs, packed.in_features, bias, residual, *geometry, True)
+                fused = graph.call_function(torch.ops.crisp.hybrid_sparse_conv2d_fast.default, args)
+        else:
+            fused = graph.call_function(torch.ops.crisp.hybrid_sparse_linear_fast.default,
+                                        (x, *attrs, packed.in_features, bias, *clamp))
+    fused.meta[LOWERED_KEY] = info.name
+    fused.meta[META_KEY] = info
+    if "tensor_meta" in end.meta:
+        fused.meta["tensor_meta"] = end.meta["tensor_meta"]
+    end.replace_all_uses_with(fused)
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    doomed = set(group)
+    node = out
+    while node is not end:  # the add / ReLU nodes folded into the fused op
+        node = _sole_user(node)
+        doomed.add(node)
+    for node in sorted(doomed, key=order.__getitem__, reverse=True):
+        graph.erase_node(node)
+    kernel = {ChannelPackedWeight: "channel", PackedHybridWeight: "rows"}[type(packed)]
+    return "+".join(["conv" if info.kind == "conv" else "linear", *parts]) + f" [{kernel}]"
+
+
+def _fold_dense_batchnorms(gm: fx.GraphModule) -> list[str]:
+    """Fold every BatchNorm2d that directly follows a dense (unpruned) Conv2d into that conv, and
+    give the remaining dense convs channels-last weights (the activations flow channels-last)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), nn.BatchNorm2d):
+            continue
+        bn = gm.get_submodule(node.target)
+        src = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        if not (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1):
+            continue
+        conv = gm.get_submodule(src.target)
+        if not isinstance(conv, nn.Conv2d) or bn.training or not bn.track_running_stats:
+            continue
+        parent, _, leaf = src.target.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, leaf, fuse_conv_bn_eval(conv.eval(), bn))
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+        folded.append(node.target)
+    for module in gm.modules():
+        if isinstance(module, nn.Conv2d):
+            module.to(memory_format=torch.channels_last)
+    return folded
+
+
+def fuse_for_cpu(graph_module: fx.GraphModule, *, fuse_activations: bool = True
+                 ) -> tuple[fx.GraphModule, dict[str, str], list[str]]:
+    """A copy of the lowered ``graph_module`` with every pruned layer on the fast kernels and the
+    BatchNorms after dense convs folded: (module, what each pruned layer became, folded BNs)."""
+    gm = copy.deepcopy(graph_module)
+    fused: dict[str, str] = {}
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target is GEMM_OP and META_KEY in node.meta:
+            info = node.meta[META_KEY]
+            fused[info.name] = _fuse_layer(gm, node, info, fuse_activations)
+    folded = _fold_dense_batchnorms(gm)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm, fused, folded
+
+
+def _float32_model(graph_module: fx.GraphModule) -> bool:
+    return all(t.dtype == torch.float32 for t in graph_module.parameters()) and all(
+        t.dtype == torch.float32 for name, t in graph_module.named_buffers() if name.endswith(".values")
+    )
+
+
+@register_backend("cpu")
+def cpu_backend(lowered: BackendInput) -> BackendOutput:
+    if not _float32_model(lowered.graph_module):
+        return BackendOutput(module=lowered.graph_module, artifacts={"cpu_kernels": "reference", "reason": "model is not float32"})
+    if not fast_kernel.available():  # warns once per process
+        return BackendOutput(
+            module=lowered.graph_module,
+            artifacts={"cpu_kernels": "reference", "reason": fast_kernel.unavailable_reason()},
+        )
+    gm, fused, folded = fuse_for_cpu(lowered.graph_module, fuse_activations=lowered.options.get("fuse_activations", True))
+    packed = sum(m.nbytes for m in gm.modules() if isinstance(m, PackedLayer))
+    return BackendOutput(module=gm, artifacts={"cpu_kernels": "fast", "fused": fused, "folded_batchnorms": folded,
+                                               "packed_weight_bytes": packed})

@@ -1,0 +1,148 @@
+"""The ``cpu`` target: fused fast ops replace every lowered layer, on a copy of the lowered graph,
+and whole models equal the masked dense model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import crisp
+from crisp import models
+from crisp.runtime import fast_kernel
+
+pytestmark = pytest.mark.skipif(not fast_kernel.available(), reason=f"fast kernels unavailable: {fast_kernel.unavailable_reason()}")
+
+GEMM = torch.ops.crisp.hybrid_sparse_gemm.default
+FAST = (torch.ops.crisp.hybrid_sparse_conv2d_fast.default, torch.ops.crisp.hybrid_sparse_conv2d_nhwc.default,
+        torch.ops.crisp.hybrid_sparse_linear_fast.default)
+
+
+def masked_dense(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> torch.nn.Module:
+    masked = copy.deepcopy(model)
+    params = dict(masked.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].mul_(mask)
+    return masked
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def targets(gm: torch.fx.GraphModule) -> list:
+    return [n.target for n in gm.graph.nodes if n.op == "call_function"]
+
+
+def test_small_cnn_graph_is_rewritten_on_a_copy():
+    model = models.build("small_cnn")
+    x = torch.randn(3, 1, 8, 8)
+    compiled = crisp.compile(model, (x,), target="cpu", sparsity=0.8, block=16, verify=False)
+    lowered, fused = compiled.graph_module, compiled.module
+    pruned = [info.name for info in compiled.layers if info.compact is not None]
+    assert pruned and sorted(compiled.artifacts["fused"]) == sorted(pruned)
+    # the lowered graph is untouched: still the unfold + reference gemm form, compact buffers in place
+    assert targets(lowered).count(GEMM) == len(pruned)
+    assert any(name.endswith(".offsets") for name, _ in lowered.named_buffers())
+    # the fused copy: one fast op per pruned layer, no unfold, no reference gemm, no compact buffers
+    fast = [t for t in targets(fused) if t in FAST]
+    assert len(fast) == len(pruned)
+    assert GEMM not in targets(fused) and torch.nn.functional.unfold not in targets(fused)
+    assert not any(name.endswith((".offsets", ".block_cols", ".values")) for name, _ in fused.named_buffers())
+    with torch.no_grad():
+        want = masked_dense(model, compiled.masks)(x)
+        assert relative_error(compiled(x), want) <= 1e-4
+        assert relative_error(compiled(x), lowered(x)) <= 1e-5
+        # the batch size stays free
+        x5 = torch.randn(5, 1, 8, 8)
+        assert relative_error(compiled(x5), masked_dense(model, compiled.masks)(x5)) <= 1e-4
+
+
+def test_packed_weights_are_smaller_than_dense():
+    model = models.build("small_cnn")
+    compiled = crisp.compile(model, (torch.randn(1, 1, 8, 8),), target="cpu", sparsity=0.9, block=16, verify=False)
+    dense_bytes = sum(model.get_parameter(name).numel() * 4 for name in compiled.masks)
+    assert 0 < compiled.artifacts["packed_weight_bytes"] < dense_bytes
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,fusions",
+    [
+        ("resnet50", {}, ("conv+bias+relu", "conv+bias+residual+relu", "linear+bias")),
+        ("mobilenet_v2", {}, ("conv+bias+relu6", "conv+bias+residual", "linear+bias")),  # + folded depthwise BNs
+        ("vgg16", {"exclude": ("classifier",)}, ("conv+bias+relu",)),
+    ],
+)
+def test_whole_model_equals_masked_dense(name, kwargs, fusions):
+    torch.manual_seed(0)
+    model = models.build(name)
+    x = torch.randn(2, 3, 32, 32)
+    compiled = crisp.compile(model, (x,), target="cpu", pattern="2:4", block=32, sparsity=0.9, verify=False, **kwargs)
+    assert compiled.artifacts["cpu_kernels"] == "fast"
+    kinds = {description.split(" [")[0] for description in compiled.artifacts["fused"].values()}
+    for fusion in fusions:
+        assert fusion in kinds, (fusion, kinds)
+    if name == "mobilenet_v2":  # its depthwise convs stay dense; their BatchNorms are folded
+        assert len(compiled.artifacts["folded_batchnorms"]) >= 17  # one per inverted-residual block
+    with torch.no_grad():
+        want = masked_dense(model, compiled.masks)(x)
+        got = compiled(x)
+    assert relative_error(got, want) <= 1e-4
+
+
+class FusionZoo(torch.nn.Module):
+    """Patterns the backend must fuse, and one it must not (an in-place add into a live tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(16, 32, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(32, 32, 1)
+        self.conv3 = torch.nn.Conv2d(32, 32, 3, stride=1, padding=2, dilation=2)
+        self.act = torch.nn.ReLU6()
+
+    def forward(self, x):
+        y = self.act(self.conv1(x))  # conv + ReLU6 module
+        z = self.conv2(y)
+        z += y  # in-place add into the conv output: fusable residual
+        out = torch.relu(z)
+        w = self.conv3(out)
+        out2 = out.add_(w)  # in-place add into `out`, which is used again below: must stay
+        return out2 * 2 + out
+
+
+def test_fusion_rules_keep_semantics():
+    torch.manual_seed(0)
+    model = FusionZoo().eval()
+    x = torch.randn(2, 16, 12, 12)
+    compiled = crisp.compile(model, (x,), target="cpu", sparsity=0.8, block=16, verify=False)
+    fused = {name: d.split(" [")[0] for name, d in compiled.artifacts["fused"].items()}
+    assert fused == {"conv1": "conv+bias+relu6", "conv2": "conv+bias+residual+relu", "conv3": "conv+bias"}
+    with torch.no_grad():
+        want = masked_dense(model, compiled.masks)(x.clone())
+        assert relative_error(compiled(x.clone()), want) <= 1e-4
+
+
+def test_bench_command_prints_tables_and_writes_json(tmp_path, capsys):
+    import json
+
+    from crisp.cli import main
+
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--model", "small_cnn", "--block", "16", "--sparsity", "0.8", "--threads", "1",
+                 "--methods", "torch_dense,torch_bsr,crisp_cpu", "--budget", "0.05", "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "| crisp_cpu" in text and "| torch_bsr" in text and "limit/crisp" in text
+    data = json.loads(out.read_text())
+    assert set(data["methods"]) == {"torch_dense", "torch_bsr", "crisp_cpu"}
+    assert data["methods"]["crisp_cpu"]["relative_error"] < 1e-4
+    assert data["layers"] and all(layer["crisp_ms"] > 0 and 0 < layer["density"] <= 1 for layer in data["layers"])
+
+
+def test_bench_command_rejects_unknown_methods(capsys):
+    from crisp.cli import main
+
+    assert main(["bench", "--model", "small_cnn", "--methods", "tensorflow"]) == 1
+    assert "unknown method" in capsys.readouterr().err

@@ -1,0 +1,239 @@
+"""The fast CPU kernels equal the reference kernel (property tests over shapes, patterns, blocks,
+conv geometry, batch sizes, fused epilogues and non-contiguous inputs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crisp.errors import FormatError
+from crisp.format import HybridSparseTensor
+from crisp.gemm_view import gemm_to_weight
+from crisp.pattern import Pattern
+from crisp.runtime import fast_kernel
+from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
+from crisp.runtime.reference_kernel import reference_hybrid_sparse_gemm
+
+pytestmark = pytest.mark.skipif(not fast_kernel.available(), reason=f"fast kernels unavailable: {fast_kernel.unavailable_reason()}")
+
+PATTERNS = st.sampled_from([(1, 4), (2, 4), (3, 4)])
+BLOCKS = st.sampled_from([16, 32, 64])
+
+
+def random_hybrid_mask(rows: int, cols: int, p: Pattern, gen: torch.Generator) -> torch.Tensor:
+    """A GEMM mask with exactly n of every m entries in each kept block and a random set of kept
+    blocks (at least one per block-row, some block-rows keeping several)."""
+    b = p.block
+    nbr, nbc = -(-rows // b), -(-cols // b)
+    groups = torch.rand(nbr * b, nbc * b // p.m, p.m, generator=gen).argsort(-1) < p.n
+    mask = groups.reshape(nbr * b, nbc * b)
+    kept = torch.rand(nbr, nbc, generator=gen) < 0.4
+    kept[torch.arange(nbr), torch.randint(0, nbc, (nbr,), generator=gen)] = True
+    mask &= kept.repeat_interleave(b, 0).repeat_interleave(b, 1)
+    mask = mask[:rows, :cols].clone()
+    if not mask.any():  # tiny K: keep one weight so the layer is not entirely pruned
+        mask[0, 0] = True
+    return mask
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+
+
+def reference_conv(x, hst, bias, kernel, stride, padding, dilation):
+    """The lowered reference path: unfold in (kh, kw, cin) order -> reference GEMM -> NCHW."""
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # [N, c*kh*kw, L]
+    cols = cols.unflatten(1, (c, kh * kw)).permute(0, 3, 2, 1).flatten(2)  # [N, L, K] (kh, kw, cin)
+    y = reference_hybrid_sparse_gemm(cols, hst, bias)  # [N, L, rows]
+    return y.transpose(1, 2).unflatten(2, (oh, ow))
+
+
+@settings(max_examples=70, deadline=None)
+@given(
+    nm=PATTERNS, block=BLOCKS, cin=st.integers(1, 24), cout=st.integers(1, 40),
+    kh=st.sampled_from([1, 2, 3, 5]), kw=st.sampled_from([1, 3]), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    batch=st.integers(1, 3), hw=st.tuples(st.integers(1, 23), st.integers(1, 23)), bias=st.booleans(),
+    act=st.sampled_from(["none", "relu", "relu6"]), residual=st.booleans(),
+    layout=st.sampled_from(["contiguous", "channels_last", "sliced"]),
+    seed=st.integers(0, 10_000),
+)
+def test_conv_equals_reference(nm, block, cin, cout, kh, kw, stride, padding, dilation, batch, hw, bias, act,
+                               residual, layout, seed):
+    p = Pattern(nm[0], nm[1], block)
+    h, w = hw[0] + dilation[0] * (kh - 1), hw[1] + dilation[1] * (kw - 1)  # at least one output position
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(cout, cin, kh, kw, generator=gen)
+    mask = gemm_to_weight(random_hybrid_mask(cout, kh * kw * cin, p, gen), weight.shape)
+    hst = HybridSparseTensor.from_dense(weight, mask, p)
+    packed = PackedHybridWeight.from_compact(hst)
+    b = torch.randn(cout, generator=gen) if bias else None
+    if layout == "sliced":  # a non-contiguous view: every other channel of a wider tensor
+        x = torch.randn(batch, 2 * cin, h, w, generator=gen)[:, ::2]
+    else:
+        x = torch.randn(batch, cin, h, w, generator=gen)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+    want = reference_conv(x, hst, b, (kh, kw), stride, padding, dilation)
+    res = torch.randn(want.shape, generator=gen) if residual else None
+    if res is not None:
+        want = want + res
+    activation = {"none": lambda t: t, "relu": torch.relu, "relu6": F.relu6}[act]
+    want = activation(want)
+    got = fast_kernel.conv2d(x, packed, b, (kh, kw), stride, padding, dilation, relu=act != "none",
+                             clamp_max=6.0 if act == "relu6" else None, residual=res, channels_last=layout == "channels_last")
+    assert got.shape == want.shape
+    assert got.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    assert relative_error(got, want) <= 1e-5
+    # the dense masked conv agrees too (a second, independent oracle)
+    dense = F.conv2d(x, weight * mask, b, stride, padding, dilation) + (0 if res is None else res)
+    assert relative_error(got, activation(dense)) <= 1e-4
+
+
+@pytest.mark.skipif(not fast_kernel.channel_kernel_available(), reason="no channel-vector kernel (needs AVX-512)")
+@settings(max_examples=60, deadline=None)
+@given(
+    nm=st.sampled_from([(1, 4), (2, 4), (3, 4), (2, 8), (1, 2), (4, 16)]), block=BLOCKS, groups=st.integers(1, 10),
+    cout=st.integers(1, 70), kh=st.sampled_from([1, 3]), kw=st.sampled_from([1, 2, 3]),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), batch=st.integers(1, 3),
+    hw=st.tuples(st.integers(1, 17), st.integers(1, 17)), bias=st.booleans(), act=st.sampled_from(["none", "relu", "relu6"]),
+    residual=st.booleans(), layout=st.sampled_from(["contiguous", "channels_last", "sliced"]), seed=st.integers(0, 10_000),
+)
+def test_channel_kernel_equals_reference(nm, block, groups, cout, kh, kw, stride, padding, dilation, batch, hw, bias, act,
+                                         residual, layout, seed):
+    """The channel-vector (NHWC) kernel, for convs whose N:M groups are runs of input channels."""
+    p = Pattern(nm[0], nm[1], block)
+    cin = groups * p.m
+    h, w = hw[0] + dilation[0] * (kh - 1), hw[1] + dilation[1] * (kw - 1)
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(cout, cin, kh, kw, generator=gen)
+    mask = gemm_to_weight(random_hybrid_mask(cout, kh * kw * cin, p, gen), weight.shape)
+    hst = HybridSparseTensor.from_dense(weight, mask, p)
+    assert ChannelPackedWeight.supports(hst, cin)
+    packed = ChannelPackedWeight.from_compact(hst, cin)
+    b = torch.randn(cout, generator=gen) if bias else None
+    if layout == "sliced":
+        x = torch.randn(batch, 2 * cin, h, w, generator=gen)[:, ::2]
+    else:
+        x = torch.randn(batch, cin, h, w, generator=gen)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+    want = reference_conv(x, hst, b, (kh, kw), stride, padding, dilation)
+    res = torch.randn(want.shape, generator=gen) if residual else None
+    activation = {"none": lambda t: t, "relu": torch.relu, "relu6": F.relu6}[act]
+    want = activation(want if res is None else want + res)
+    got = fast_kernel.conv2d(x, packed, b, (kh, kw), stride, padding, dilation, relu=act != "none",
+                             clamp_max=6.0 if act == "relu6" else None, residual=res)
+    assert got.shape == want.shape
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(got, want) <= 1e-5
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    nm=PATTERNS, block=BLOCKS, rows=st.integers(1, 70), k=st.integers(1, 150),
+    lead=st.lists(st.integers(1, 9), min_size=1, max_size=3), bias=st.booleans(), act=st.sampled_from(["none", "relu", "relu6"]),
+    transposed=st.booleans(), seed=st.integers(0, 10_000),
+)
+def test_linear_equals_reference(nm, block, rows, k, lead, bias, act, transposed, seed):
+    p = Pattern(nm[0], nm[1], block)
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(rows, k, generator=gen)
+    hst = HybridSparseTensor.from_dense(weight, random_hybrid_mask(rows, k, p, gen), p)
+    packed = PackedHybridWeight.from_compact(hst)
+    b = torch.randn(rows, generator=gen) if bias else None
+    x = torch.randn(*lead[:-1], k, lead[-1], generator=gen).transpose(-1, -2) if transposed else torch.randn(*lead, k, generator=gen)
+    want = {"none": lambda t: t, "relu": torch.relu, "relu6": F.relu6}[act](reference_hybrid_sparse_gemm(x, hst, b))
+    got = fast_kernel.linear(x, packed, b, relu=act != "none", clamp_max=6.0 if act == "relu6" else None)
+    assert got.shape == (*x.shape[:-1], rows)
+    assert relative_error(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("batch,hw,cin,cout", [(1, 56, 64, 64), (8, 7, 512, 96), (2, 14, 256, 128)])
+def test_resnet_sized_layers(batch, hw, cin, cout):
+    """Tiles, tile shifts and channel chunks at the sizes the models use (wide and tiny images)."""
+    gen = torch.Generator().manual_seed(hw)
+    p = Pattern(2, 4, 32)
+    for kernel, stride, pad in (((1, 1), 1, 0), ((3, 3), 1, 1), ((3, 3), 2, 1), ((1, 1), 2, 0)):
+        weight = torch.randn(cout, cin, *kernel, generator=gen)
+        mask = gemm_to_weight(random_hybrid_mask(cout, cin * kernel[0] * kernel[1], p, gen), weight.shape)
+        hst = HybridSparseTensor.from_dense(weight, mask, p)
+        packs = [PackedHybridWeight.from_compact(hst)]
+        if fast_kernel.channel_kernel_available():
+            packs.append(ChannelPackedWeight.from_compact(hst, cin))
+        x = torch.randn(batch, cin, hw, hw, generator=gen)
+        want = torch.relu(F.conv2d(x, weight * mask, None, stride, pad))
+        for packed in packs:
+            got = fast_kernel.conv2d(x, packed, None, kernel, stride, pad, 1, relu=True)
+            assert relative_error(got, want) <= 1e-5, (kernel, stride, type(packed).__name__)
+
+
+def test_threads_do_not_change_results():
+    gen = torch.Generator().manual_seed(1)
+    p = Pattern(2, 4, 16)
+    weight = torch.randn(48, 32, 3, 3, generator=gen)
+    mask = gemm_to_weight(random_hybrid_mask(48, 288, p, gen), weight.shape)
+    hst = HybridSparseTensor.from_dense(weight, mask, p)
+    packs = [PackedHybridWeight.from_compact(hst)]
+    if fast_kernel.channel_kernel_available():
+        packs.append(ChannelPackedWeight.from_compact(hst, 32))
+    x = torch.randn(3, 32, 20, 20, generator=gen)
+    before = torch.get_num_threads()
+    try:
+        for packed in packs:
+            outs = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                outs.append(fast_kernel.conv2d(x, packed, None, 3, 1, 1, 1))
+            assert torch.equal(outs[0], outs[1])  # every output is computed by one thread in a fixed order
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_packed_weight_holds_exactly_the_kept_weights():
+    gen = torch.Generator().manual_seed(3)
+    p = Pattern(2, 4, 16)
+    weight = torch.randn(37, 5, 3, 3, generator=gen)  # rows and K (45) not multiples of the block
+    mask = gemm_to_weight(random_hybrid_mask(37, 45, p, gen), weight.shape)
+    hst = HybridSparseTensor.from_dense(weight, mask, p)
+    packed = PackedHybridWeight.from_compact(hst)
+    assert torch.equal(packed.to_dense(), weight * mask)
+    assert packed.nnz == int((mask & (weight != 0)).sum())  # no padding, no pruned entries
+    rows = torch.repeat_interleave(torch.arange(37), packed.row_ptr[1:] - packed.row_ptr[:-1])
+    order = rows * 45 + packed.cols.to(torch.int64)
+    assert bool((order[1:] > order[:-1]).all())  # row-major, ascending columns
+
+
+def test_packed_weight_rejects_out_of_range_columns():
+    good = PackedHybridWeight(torch.tensor([0, 1]), torch.tensor([3], dtype=torch.int32), torch.ones(1), (1, 4), (1, 4))
+    with pytest.raises(FormatError, match="outside"):
+        PackedHybridWeight(good.row_ptr, torch.tensor([4], dtype=torch.int32), good.vals, (1, 4), (1, 4))
+    with pytest.raises(FormatError, match="row_ptr"):
+        PackedHybridWeight(torch.tensor([0, 2]), good.cols, good.vals, (1, 4), (1, 4))
+
+
+def test_mismatched_input_is_refused_not_read_out_of_bounds():
+    packed = PackedHybridWeight(torch.tensor([0, 1]), torch.tensor([26], dtype=torch.int32), torch.ones(1), (1, 27), (1, 3, 3, 3))
+    with pytest.raises(RuntimeError, match="input features"):
+        fast_kernel.conv2d(torch.randn(1, 2, 5, 5), packed, None, 3, 1, 1, 1)
+    with pytest.raises(RuntimeError, match="float32"):
+        fast_kernel.conv2d(torch.randn(1, 3, 5, 5, dtype=torch.float64), packed, None, 3, 1, 1, 1)
+
+
+def test_fake_kernels_give_output_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    packed = PackedHybridWeight(torch.tensor([0, 1, 1]), torch.tensor([0], dtype=torch.int32), torch.ones(1), (2, 27), (2, 3, 3, 3))
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        y = fast_kernel.conv2d(torch.empty(4, 3, 11, 9), packed, None, 3, 2, 1, 1)
+        z = fast_kernel.linear(torch.empty(5, 27), packed, None)
+    assert tuple(y.shape) == (4, 2, 6, 5)
+    assert tuple(z.shape) == (5, 2)

@@ -1,0 +1,108 @@
+"""When the fast kernels cannot be used (build failure, unsupported CPU, failed self-check, or
+disabled), crisp warns exactly once and runs the reference kernel; it never crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+from crisp.runtime import fast_kernel
+from crisp.runtime.fast_kernel import FastKernelUnavailableWarning
+
+
+@pytest.fixture
+def fresh_verdict():
+    fast_kernel._reset_for_tests()
+    yield
+    fast_kernel._reset_for_tests()  # the next caller re-checks (and finds the kernels again)
+
+
+def _unavailable_warnings(record) -> list:
+    return [w for w in record if issubclass(w.category, FastKernelUnavailableWarning)]
+
+
+def masked_dense_error(model, compiled, x, y) -> float:
+    import copy
+
+    masked = copy.deepcopy(model)
+    params = dict(masked.named_parameters())
+    with torch.no_grad():
+        for name, mask in compiled.masks.items():
+            params[name].mul_(mask)
+        want = masked(x)
+    return float((y - want).abs().max() / want.abs().max())
+
+
+def test_failed_self_check_falls_back_with_one_warning(fresh_verdict, monkeypatch):
+    def wrong_results():
+        raise RuntimeError("conv self-check failed (stride 1, padding 1, dilation 1)")
+
+    monkeypatch.setattr(fast_kernel, "_self_check", wrong_results)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert fast_kernel.available() is False
+        assert fast_kernel.available() is False
+    found = _unavailable_warnings(record)
+    assert len(found) == 1
+    assert "self-check failed" in str(found[0].message) and "reference kernel" in str(found[0].message)
+
+
+def test_disable_variable_forces_the_reference_backend(fresh_verdict, monkeypatch):
+    import crisp
+    from crisp import models
+
+    monkeypatch.setenv(fast_kernel.DISABLE_ENV, "1")
+    model = models.build("small_cnn")
+    x = torch.randn(2, 1, 8, 8)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        compiled = crisp.compile(model, (x,), target="cpu", sparsity=0.8, block=16, verify=False)
+        y = compiled(x)
+        fast_kernel.available()
+    assert len(_unavailable_warnings(record)) == 1
+    assert compiled.artifacts["cpu_kernels"] == "reference"
+    assert fast_kernel.DISABLE_ENV in compiled.artifacts["reason"]
+    assert compiled.module is compiled.graph_module  # the lowered graph on the reference kernel
+    assert masked_dense_error(model, compiled, x, y) < 1e-4
+
+
+def test_build_failure_in_a_fresh_process(tmp_path):
+    """A real failed build (no working C++ compiler, empty cache): one warning, same outputs as
+    the reference target, exit status 0."""
+    script = textwrap.dedent(
+        """
+        import copy, json, warnings, torch, crisp
+        from crisp import models
+        from crisp.runtime.fast_kernel import FastKernelUnavailableWarning
+        model = models.build("small_cnn")
+        x = torch.randn(2, 1, 8, 8)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            cpu = crisp.compile(model, (x,), target="cpu", sparsity=0.8, block=16, verify=False)
+            y = cpu(x)
+        masked = copy.deepcopy(model)
+        params = dict(masked.named_parameters())
+        with torch.no_grad():
+            for name, mask in cpu.masks.items():
+                params[name].mul_(mask)
+            want = masked(x)
+        err = float((y - want).abs().max() / want.abs().max())
+        found = [str(w.message) for w in record if issubclass(w.category, FastKernelUnavailableWarning)]
+        print(json.dumps({"kernels": cpu.artifacts["cpu_kernels"], "warnings": found, "error": err}))
+        """
+    )
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), CRISP_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop(fast_kernel.DISABLE_ENV, None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["kernels"] == "reference"
+    assert len(result["warnings"]) == 1 and "reference kernel" in result["warnings"][0]
+    assert result["error"] < 1e-4
