@@ -4,13 +4,14 @@ evaluated on a user's classes. Used by ``crisp prune`` and ``benchmarks/accuracy
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 
 import torch
 from torch import nn
 
 from .digits_data import DigitsSplit, load_digits_split, loader, subset
+from .fileio import atomic_write_bytes, atomic_write_text
 from .finetune import evaluate, train_epoch
 from .models import small_cnn
 
@@ -38,31 +39,13 @@ def class_accuracy(model: nn.Module, dataset, classes, *, class_ids: tuple[int, 
 
 
 def save_atomic(obj: object, path: str) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename (never a half-written file)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".crisp-", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` to ``path`` atomically (never a half-written file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_text_atomic(text: str, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".crisp-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_text(path, text)
