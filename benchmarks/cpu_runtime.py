@@ -235,6 +235,22 @@ def check_targets(data) -> list[dict]:
                       f"all {kind} layers together reach {total:.0%}",
             "met": not below,
         })
+    one_thread = next((lr["layers"] for lr in data["layers"] if all(lr[k] == v for k, v in one.items())), None)
+    for kind in ("conv1x1", "conv3x3"):
+        mine = [t for t in one_thread or [] if t["kind"] == kind and t.get("crisp_cpu_ms") == t.get("crisp_cpu_ms")]
+        if not mine:
+            continue
+        eff = {t["name"]: t["dense_cpu_ms"] * t["density"] / t["crisp_cpu_ms"] for t in mine}
+        below = [n for n, e in eff.items() if e < TARGET_LAYER_EFFICIENCY]
+        worst = min(eff, key=eff.get)
+        total = sum(t["dense_cpu_ms"] * t["density"] for t in mine) / sum(t["crisp_cpu_ms"] for t in mine)
+        out.append({
+            "target": f"(1 thread, CPU time, informative) every ResNet-50 {kind} layer >= 70% of the block-skip limit",
+            "value": round(eff[worst], 3),
+            "detail": f"{len(below)} of {len(mine)} layers below 70%; worst {worst} at {eff[worst]:.0%}; "
+                      f"all {kind} layers together reach {total:.0%}",
+            "met": not below,
+        })
     return out
 
 
@@ -249,6 +265,13 @@ def markdown(data) -> str:
              f"{cfg['batches']} (batches other than 1 for blocks {cfg['big_batch_blocks']}), threads {cfg['threads']}; "
              f"reference kernel timed at: {cfg['reference']}; scipy.sparse is single-threaded, so its 2-thread rows repeat "
              "the 1-thread measurement.", "",
+             "**Reading these numbers.** The machine has 2 cores shared with other jobs (see the load averages). "
+             "When another process holds a core, every OpenMP fork-join (torch eager ops, torch BSR, the dense "
+             "per-layer convs) waits for its descheduled second thread, so 2-thread wall times of those peers are "
+             "inflated, sometimes by 10x; crisp's kernels share work claim by claim and do not wait for a helper "
+             "that has not started, so 2-thread speedups over OpenMP-based peers (and 2-thread per-layer "
+             "efficiencies) flatter crisp here. The 1-thread rows in process CPU time are the robust comparison; "
+             "the targets are evaluated both ways.", "",
              "## Targets (ResNet-50, 90 %, 2:4, B=32, batch 1, 2 threads)", "",
              "| target | measured | met |", "|---|---|---|"]
     for t in data["targets"]:
@@ -329,6 +352,16 @@ def markdown(data) -> str:
         for kind, (d, c, l, n) in kinds.items():
             lines.append(f"| {kind} | {n} | {d:.2f} | {c:.2f} | {l:.2f} | {l / c:.2f} |")
         lines += ["", cpu_bench.layer_table(layers)]
+        if lr["threads"] == 1 and all("crisp_cpu_ms" in t for t in lr["layers"]):
+            lines += ["", "The same at 1 thread in process CPU time (robust to other jobs on the machine):", "",
+                      "| kind | layers | dense ms | crisp ms | limit ms | limit/crisp | layers below 70% |", "|---|---|---|---|---|---|---|"]
+            for kind in dict.fromkeys(t["kind"] for t in lr["layers"]):
+                mine = [t for t in lr["layers"] if t["kind"] == kind]
+                d = sum(t["dense_cpu_ms"] for t in mine)
+                c = sum(t["crisp_cpu_ms"] for t in mine)
+                lim = sum(t["dense_cpu_ms"] * t["density"] for t in mine)
+                low = sum(t["dense_cpu_ms"] * t["density"] / t["crisp_cpu_ms"] < TARGET_LAYER_EFFICIENCY for t in mine)
+                lines.append(f"| {kind} | {len(mine)} | {d:.2f} | {c:.2f} | {lim:.2f} | {lim / c:.2f} | {low} |")
     return "\n".join(lines) + "\n"
 
 

@@ -194,6 +194,8 @@ class LayerTiming:
     limit_ms: float  # dense_ms * density: the ideal block-skip time
     efficiency: float  # limit_ms / crisp_ms
     kernel: str = "rows"  # "channel" (NHWC, vectorized over output channels) or "rows" (over positions)
+    dense_cpu_ms: float = float("nan")  # process CPU time medians (robust to other jobs at 1 thread)
+    crisp_cpu_ms: float = float("nan")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -237,18 +239,20 @@ def per_layer_times(model: nn.Module, compiled, x: torch.Tensor, **measure_kw) -
             if isinstance(module, nn.Conv2d):
                 cl_module = copy.deepcopy(module).to(memory_format=torch.channels_last)
                 x_cl = xi.contiguous(memory_format=torch.channels_last)
-                dense = min(measure(lambda: module(xi), **measure_kw).median_ms,
-                            measure(lambda: cl_module(x_cl), **measure_kw).median_ms)
+                dense_runs = (measure(lambda: module(xi), **measure_kw), measure(lambda: cl_module(x_cl), **measure_kw))
+                dense = min(t.median_ms for t in dense_runs)
+                dense_cpu = min(t.cpu_median_ms for t in dense_runs)
                 conv = info.conv
                 xk = x_cl if channel else xi  # the layout the compiled graph feeds this kernel
                 fast = measure(lambda: fast_kernel.conv2d(xk, packed, bias, conv["kernel_size"], conv["stride"],
                                                           conv["explicit_padding"], conv["dilation"]), **measure_kw)
             else:
-                dense = measure(lambda: module(xi), **measure_kw).median_ms
+                dense_run = measure(lambda: module(xi), **measure_kw)
+                dense, dense_cpu = dense_run.median_ms, dense_run.cpu_median_ms
                 fast = measure(lambda: fast_kernel.linear(xi, packed, bias), **measure_kw)
             limit = dense * density
             out.append(LayerTiming(info.name, info.kind_label, tuple(xi.shape), density, dense, fast.median_ms, limit,
-                                   limit / fast.median_ms, "channel" if channel else "rows"))
+                                   limit / fast.median_ms, "channel" if channel else "rows", dense_cpu, fast.cpu_median_ms))
     return out
 
 
