@@ -254,6 +254,13 @@ def check_targets(data) -> list[dict]:
     return out
 
 
+def _later_runs(data) -> list[dict]:
+    """Notes of runs merged into this one after the grid (see ``supplement`` in the JSON)."""
+    sup = data.get("supplement") or {}
+    runs = [sup] if "note" in sup else []
+    return runs + [v for v in sup.values() if isinstance(v, dict) and "note" in v]
+
+
 def markdown(data) -> str:
     env, records, cfg = data["environment"], data["records"], data["config"]
     lines = ["# CPU runtime benchmark", "",
@@ -272,6 +279,7 @@ def markdown(data) -> str:
              "that has not started, so 2-thread speedups over OpenMP-based peers (and 2-thread per-layer "
              "efficiencies) flatter crisp here. The 1-thread rows in process CPU time are the robust comparison; "
              "the targets are evaluated both ways.", "",
+             *[f"Later run: {v['note']} ({v['date']})." for v in _later_runs(data)], "",
              "## Targets (ResNet-50, 90 %, 2:4, B=32, batch 1, 2 threads)", "",
              "| target | measured | met |", "|---|---|---|"]
     for t in data["targets"]:
