@@ -18,7 +18,9 @@ on a copy of that graph (the input graph module is never changed) and, per prune
 - fuses a following ReLU / ReLU6, and a same-shape residual ``add`` (+ ReLU) of ResNet and
   MobileNetV2 blocks;
 - folds BatchNorms that follow dense (unpruned, e.g. depthwise) convs into them and gives those
-  convs channels-last weights.
+  convs channels-last weights;
+- runs MaxPool2d (dilation 1, floor mode) and global average pools with crisp's channels-last
+  pools, so that no other thread pool wakes between two layers.
 
 If the fast kernels cannot be built or fail their self-check, or the model is not float32, the
 backend returns the lowered graph unchanged (the reference kernel) after one warning.
@@ -215,10 +217,47 @@ def _fold_dense_batchnorms(gm: fx.GraphModule) -> list[str]:
     return folded
 
 
+def _pool_call(module: nn.Module) -> tuple[Any, tuple] | None:
+    """(op, extra args) of the crisp pool that computes ``module`` exactly, or None."""
+    def pair(v):
+        return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
+
+    if isinstance(module, nn.MaxPool2d):
+        kernel, padding = pair(module.kernel_size), pair(module.padding)
+        if (module.ceil_mode or module.return_indices or pair(module.dilation) != [1, 1]
+                or any(2 * p > k for p, k in zip(padding, kernel))):
+            return None
+        return torch.ops.crisp.max_pool2d_nhwc.default, (kernel, pair(module.stride or module.kernel_size), padding)
+    if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1), [1, 1]):
+        return torch.ops.crisp.global_avg_pool_nhwc.default, ()
+    return None
+
+
+def _lower_pools(gm: fx.GraphModule) -> list[str]:
+    """Run MaxPool2d and global AdaptiveAvgPool2d modules on 4-d float32 activations with crisp's
+    channels-last pools, on the same threads as the convs."""
+    lowered = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        call = _pool_call(gm.get_submodule(node.target))
+        meta = node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], fx.Node) else None
+        if call is None or meta is None or len(meta.shape) != 4 or meta.dtype != torch.float32:
+            continue
+        with gm.graph.inserting_before(node):
+            pooled = gm.graph.call_function(call[0], (node.args[0], *call[1]))
+        pooled.meta.update(node.meta)
+        node.replace_all_uses_with(pooled)
+        gm.graph.erase_node(node)
+        lowered.append(node.target)
+    return lowered
+
+
 def fuse_for_cpu(graph_module: fx.GraphModule, *, fuse_activations: bool = True
-                 ) -> tuple[fx.GraphModule, dict[str, str], list[str]]:
-    """A copy of the lowered ``graph_module`` with every pruned layer on the fast kernels and the
-    BatchNorms after dense convs folded: (module, what each pruned layer became, folded BNs)."""
+                 ) -> tuple[fx.GraphModule, dict[str, str], list[str], list[str]]:
+    """A copy of the lowered ``graph_module`` with every pruned layer on the fast kernels, the
+    BatchNorms after dense convs folded and the pools on crisp's kernels: (module, what each
+    pruned layer became, folded BNs, lowered pools)."""
     gm = copy.deepcopy(graph_module)
     fused: dict[str, str] = {}
     for node in list(gm.graph.nodes):
@@ -226,11 +265,12 @@ def fuse_for_cpu(graph_module: fx.GraphModule, *, fuse_activations: bool = True
             info = node.meta[META_KEY]
             fused[info.name] = _fuse_layer(gm, node, info, fuse_activations)
     folded = _fold_dense_batchnorms(gm)
+    pools = _lower_pools(gm)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    return gm, fused, folded
+    return gm, fused, folded, pools
 
 
 def _float32_model(graph_module: fx.GraphModule) -> bool:
@@ -248,7 +288,8 @@ def cpu_backend(lowered: BackendInput) -> BackendOutput:
             module=lowered.graph_module,
             artifacts={"cpu_kernels": "reference", "reason": fast_kernel.unavailable_reason()},
         )
-    gm, fused, folded = fuse_for_cpu(lowered.graph_module, fuse_activations=lowered.options.get("fuse_activations", True))
+    gm, fused, folded, pools = fuse_for_cpu(lowered.graph_module, fuse_activations=lowered.options.get("fuse_activations", True))
     packed = sum(m.nbytes for m in gm.modules() if isinstance(m, PackedLayer))
     return BackendOutput(module=gm, artifacts={"cpu_kernels": "fast", "fused": fused, "folded_batchnorms": folded,
+                                               "lowered_pools": pools,
                                                "packed_weight_bytes": packed})

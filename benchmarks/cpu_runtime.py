@@ -129,7 +129,11 @@ def run_grid(args, on_model_done=None) -> dict:
                         key = (name, batch, threads)
                         if batch != 1 and args.big_batch_blocks != "all" and str(block) not in args.big_batch_blocks.split(","):
                             continue
-                        wanted = [m for m in methods if m not in cpu_bench.DENSE_METHODS or key not in dense_cache]
+                        is_target = (block, sparsity) == (TARGET["block"], TARGET["sparsity"])
+                        # dense peers are timed once per model/batch/threads, and again in the target
+                        # configuration, right before crisp
+                        wanted = [m for m in methods if m not in cpu_bench.DENSE_METHODS or key not in dense_cache
+                                  or is_target]
                         timed_reference = args.reference == "all" or (batch == 1 and (
                             args.reference == "batch1" or (block, sparsity) == (TARGET["block"], TARGET["sparsity"])))
                         if not timed_reference:
@@ -141,7 +145,7 @@ def run_grid(args, on_model_done=None) -> dict:
                         res = cpu_bench.compare_model(model, inputs[batch], compiled, block=block, threads=threads,
                                                       methods=wanted, budget_s=args.budget)
                         dense_cache.setdefault(key, {m: res[m] for m in cpu_bench.DENSE_METHODS if m in res})
-                        res.update({m: dense_cache[key][m] for m in cpu_bench.DENSE_METHODS if m in methods})
+                        res.update({m: dense_cache[key][m] for m in cpu_bench.DENSE_METHODS if m in methods and m not in res})
                         if "crisp_reference" in methods and "crisp_reference" not in res:
                             res["crisp_reference"] = {"skipped": f"reference kernel timed only where --reference={args.reference} asks"}
                         if "scipy_bsr" in methods and "scipy_bsr" not in res:

@@ -15,7 +15,9 @@ later process (or a rebuilt source) finds or makes the right build. Loading regi
   :class:`ChannelPackedWeight` (vectorized over output channels, channels-last in and out; needs
   AVX-512, see :func:`channel_kernel_available`);
 - ``crisp::hybrid_sparse_linear_fast(x, row_ptr, cols, vals, in_features, bias, clamp_min, clamp_max)``;
-- ``crisp::channel_kernel_available()``: whether this build has the channel-vector kernel.
+- ``crisp::channel_kernel_available()``: whether this build has the channel-vector kernel;
+- ``crisp::max_pool2d_nhwc(x, kernel_size, stride, padding)`` and ``crisp::global_avg_pool_nhwc(x)``:
+  the pools between the convs, channels-last, on the kernels' own threads.
 
 If the build or the self-check fails (no compiler, unsupported CPU or flags, a wrong result),
 :func:`available` returns False after ONE :class:`FastKernelUnavailableWarning`; callers then run
@@ -125,6 +127,19 @@ def _register_fakes() -> None:
           clamp_max):
         out = x.new_empty(_conv_out_shape(x, rows, kernel_size, stride, padding, dilation))
         return out.contiguous(memory_format=torch.channels_last)
+
+    @torch.library.register_fake("crisp::max_pool2d_nhwc")
+    def _(x, kernel_size, stride, padding):
+        n, c, h, w = x.shape
+        kh, kw = kernel_size if len(kernel_size) == 2 else (kernel_size[0],) * 2
+        sh, sw = stride if len(stride) == 2 else (stride[0],) * 2
+        ph, pw = padding if len(padding) == 2 else (padding[0],) * 2
+        out = x.new_empty((n, c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1))
+        return out.contiguous(memory_format=torch.channels_last)
+
+    @torch.library.register_fake("crisp::global_avg_pool_nhwc")
+    def _(x):
+        return x.new_empty((x.shape[0], x.shape[1], 1, 1))
 
     @torch.library.register_fake("crisp::hybrid_sparse_linear_fast")
     def _(x, row_ptr, cols, vals, in_features, bias, clamp_min, clamp_max):
@@ -268,3 +283,19 @@ def linear(
     """``clamp(x @ G.T + bias)`` with the packed hybrid-sparse weight."""
     lo, hi = clamp_bounds(relu, clamp_max)
     return torch.ops.crisp.hybrid_sparse_linear_fast(x, weight.row_ptr, weight.cols, weight.vals, weight.in_features, bias, lo, hi)
+
+
+def max_pool2d(x: torch.Tensor, kernel_size: Sequence[int] | int, stride: Sequence[int] | int | None = None,
+               padding: Sequence[int] | int = 0) -> torch.Tensor:
+    """``F.max_pool2d`` (dilation 1, floor mode) on the kernels' threads; returns channels_last."""
+
+    def pair(v):
+        return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
+
+    return torch.ops.crisp.max_pool2d_nhwc(x, pair(kernel_size), pair(kernel_size if stride is None else stride),
+                                           pair(padding))
+
+
+def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, 1)`` on the kernels' threads."""
+    return torch.ops.crisp.global_avg_pool_nhwc(x)

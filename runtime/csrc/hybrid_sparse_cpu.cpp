@@ -32,6 +32,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <exception>
 #include <functional>
@@ -65,6 +66,14 @@ inline typename VecOf<L>::type loadu(const float* p) {
 // waits for a helper that has not started: if the other core is busy with another process, the
 // caller simply does every item itself and returns; it only waits for items a helper has already
 // claimed. On a shared machine this keeps a late helper from stalling every layer.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+constexpr int64_t kSpinMicros = 300;  // how long an idle helper spins before it sleeps
+
 class WorkPool {
  public:
   static WorkPool& get() {
@@ -100,6 +109,7 @@ class WorkPool {
       wanted_ = threads - 1;
       joined_ = 0;
       ++generation_;
+      published_.store(generation_, std::memory_order_release);
     }
     cv_.notify_all();
     in_job_ = true;
@@ -146,6 +156,17 @@ class WorkPool {
     for (;;) {
       const std::function<void(int64_t)>* fn;
       int64_t items;
+      // Spin a little before sleeping: layers follow each other within microseconds, and waking
+      // a sleeping thread costs more than most layers take.
+      const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+      for (int i = 0; published_.load(std::memory_order_acquire) == seen; ++i) {
+        if ((i & 63) == 63 && std::chrono::steady_clock::now() > spin_until) break;
+        if (i < 256) {
+          cpu_relax();
+        } else {
+          std::this_thread::yield();  // let other threads (torch's own pool) have the core
+        }
+      }
       {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [&] { return open_ && generation_ != seen && joined_ < wanted_; });
@@ -166,6 +187,7 @@ class WorkPool {
   int64_t total_ = 0, wanted_ = 0, joined_ = 0;
   size_t helpers_ = 0;
   uint64_t generation_ = 0;
+  std::atomic<uint64_t> published_{0};  // generation_, readable without the lock (spinning helpers)
   bool open_ = false;
   std::atomic<int64_t> next_{0};
   std::atomic<int> active_{0};
@@ -644,6 +666,11 @@ at::Tensor linear_fast(const at::Tensor& x_in, const at::Tensor& row_ptr, const 
 // weight, no wasted lane, no gather. The weight is packed per 16-channel row vector and group:
 // vals[rv, g, j, lane], idx[rv, g, j, lane] (uint8 position in the group), and per block-row
 // and group its tap and first input channel (gtap, gcin). Needs AVX-512.
+// Loop order (measured on Zen 4): a work item is a span of output positions x a run of row
+// vectors; for each tile of P = 8 positions it looks up where every tap of every position reads
+// (the input itself, or zeros in the padding: no padded copy), then runs all its row vectors on
+// that tile, two at a time when they share a block-row (B >= 32), so one group load feeds 2 x n
+// FMAs.
 #if defined(__AVX512F__)
 constexpr bool kHaveChannelKernel = true;
 
@@ -652,13 +679,41 @@ struct ChanWeights {
   const uint8_t* idx;
   const int32_t* gtap;
   const int32_t* gcin;
-  int64_t rvs_per_br, groups, n, rows;
+  int64_t rvs_per_br, groups, n, rows, rvs;
 };
 
+// Where the input of every (position, tap) lives: the pixel's first channel inside the NHWC
+// input, or a buffer of zeros for taps that fall in the zero padding. No padded copy of the
+// input is made; a tile of P positions looks its pointers up once and shares them among all
+// the row vectors it computes.
 struct ChanSource {
   const float* data;
-  int64_t sample_stride, c, row_stride, sh, sw, oh, ow;
-  std::vector<int64_t> tapoff;  // per tap: offset of its pixel from the output position's origin pixel
+  const float* zeros;  // at least c + 16 zero floats
+  int64_t sample_stride, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow;
+  int64_t taps() const { return kh * kw; }
+
+  // table[t * P + q] = where tap t of output position p0 + q reads (q < live).
+  template <int P>
+  void tap_pointers(const float* x, int64_t p0, int live, const float** table) const {
+    int64_t y = p0 / ow, xo = p0 % ow;
+    for (int q = 0; q < live; ++q) {
+      const int64_t iy0 = y * sh - ph, ix0 = xo * sw - pw;
+      for (int64_t a = 0; a < kh; ++a) {
+        const int64_t iy = iy0 + a * dh;
+        const bool row_ok = iy >= 0 && iy < h;
+        for (int64_t b = 0; b < kw; ++b) {
+          const int64_t ix = ix0 + b * dw;
+          table[(a * kw + b) * P + q] = row_ok && ix >= 0 && ix < w ? x + (iy * w + ix) * c : zeros;
+        }
+      }
+      if (++xo == ow) {
+        xo = 0;
+        ++y;
+      }
+    }
+    for (int q = live; q < P; ++q)  // lanes past the last position read zeros and are never stored
+      for (int64_t t = 0; t < taps(); ++t) table[t * P + q] = zeros;
+  }
 };
 
 struct ChanSink {
@@ -670,9 +725,9 @@ struct ChanSink {
 };
 
 template <bool WIDE>
-inline __m512 load_group(const float* p) {
+inline __m512 load_group(const float* p, __mmask16 live) {
   if constexpr (WIDE) {
-    return _mm512_loadu_ps(p);
+    return _mm512_maskz_loadu_ps(live, p);  // never reads past the group's m channels
   } else {
     return _mm512_castps128_ps512(_mm_loadu_ps(p));  // upper lanes undefined, never picked
   }
@@ -681,55 +736,68 @@ inline __m512 load_group(const float* p) {
 // vpermps: measured faster on Zen 4 than an in-lane vpermilps of a broadcast group.
 inline __m512 pick(__m512 x, __m512i i) { return _mm512_permutexvar_ps(i, x); }
 
-// acc[q] (16 channels of row vector rv at position q) += the row vector's kept weights times inputs.
-template <int P, int NN, bool WIDE>
-inline void chan_tile(const float* const* base, const ChanWeights& w, const ChanSource& src, int64_t rv, __m512* acc) {
+// acc[u][q] (16 channels of row vector rv + u at position q) += the kept weights times inputs,
+// for RV row vectors of one block-row (they share its groups, so each group's inputs are
+// loaded once for all of them).
+template <int P, int NN, bool WIDE, int RV>
+inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t rv, __mmask16 live,
+                      __m512 (&acc)[RV][P]) {
   const int64_t br = rv / w.rvs_per_br;
   const int64_t n = NN > 0 ? NN : w.n;
-  const float* vals = w.vals + rv * w.groups * n * 16;
-  const uint8_t* idx = w.idx + rv * w.groups * n * 16;
+  const int64_t rv_stride = w.groups * n * 16;
+  const float* vals = w.vals + rv * rv_stride;
+  const uint8_t* idx = w.idx + rv * rv_stride;
   const int32_t* gtap = w.gtap + br * w.groups;
   const int32_t* gcin = w.gcin + br * w.groups;
-  const int64_t* tapoff = src.tapoff.data();
   for (int64_t g = 0; g < w.groups; ++g) {
-    const int64_t off = tapoff[gtap[g]] + gcin[g];
+    const float* const* ptr = table + gtap[g] * P;
+    const int64_t cin = gcin[g];
     if constexpr (NN > 0) {
-      __m512 v[NN];
-      __m512i ix[NN];
+      __m512 v[RV][NN];
+      __m512i ix[RV][NN];
 #pragma GCC unroll 4
-      for (int j = 0; j < NN; ++j) {
-        v[j] = _mm512_loadu_ps(vals + (g * NN + j) * 16);
-        ix[j] = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + (g * NN + j) * 16)));
-      }
+      for (int u = 0; u < RV; ++u)
+#pragma GCC unroll 4
+        for (int j = 0; j < NN; ++j) {
+          const int64_t o = u * rv_stride + (g * NN + j) * 16;
+          v[u][j] = _mm512_loadu_ps(vals + o);
+          ix[u][j] = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + o)));
+        }
 #pragma GCC unroll 16
       for (int q = 0; q < P; ++q) {
-        const __m512 xg = load_group<WIDE>(base[q] + off);
+        const __m512 xg = load_group<WIDE>(ptr[q] + cin, live);
 #pragma GCC unroll 4
-        for (int j = 0; j < NN; ++j) acc[q] = _mm512_fmadd_ps(v[j], pick(xg, ix[j]), acc[q]);
+        for (int u = 0; u < RV; ++u)
+#pragma GCC unroll 4
+          for (int j = 0; j < NN; ++j) acc[u][q] = _mm512_fmadd_ps(v[u][j], pick(xg, ix[u][j]), acc[u][q]);
       }
     } else {
       for (int q = 0; q < P; ++q) {
-        const __m512 xg = load_group<WIDE>(base[q] + off);
-        for (int64_t j = 0; j < n; ++j) {
-          const __m512 v = _mm512_loadu_ps(vals + (g * n + j) * 16);
-          const __m512i ix =
-              _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + (g * n + j) * 16)));
-          acc[q] = _mm512_fmadd_ps(v, pick(xg, ix), acc[q]);
-        }
+        const __m512 xg = load_group<WIDE>(ptr[q] + cin, live);
+        for (int u = 0; u < RV; ++u)
+          for (int64_t j = 0; j < n; ++j) {
+            const int64_t o = u * rv_stride + (g * n + j) * 16;
+            const __m512 v = _mm512_loadu_ps(vals + o);
+            const __m512i ix = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + o)));
+            acc[u][q] = _mm512_fmadd_ps(v, pick(xg, ix), acc[u][q]);
+          }
       }
     }
   }
 }
 
-// Bias, residual, clamp, then store 16 (or fewer, for the last row vector) channels per position.
-inline void chan_store(const ChanSink& sink, int64_t sample_out, const int64_t* pos, int P, int64_t rv, __m512* acc) {
+// Bias, residual, clamp, then store 16 (or fewer, for the last row vector) channels of `live`
+// consecutive positions starting at p0.
+template <int P>
+inline void chan_store(const ChanSink& sink, int64_t sample_out, int64_t p0, int live, int64_t rv, __m512 (&acc)[P]) {
   const int64_t r0 = rv * 16;
-  const int64_t live = std::min<int64_t>(16, sink.rows - r0);
-  const __mmask16 mask = live == 16 ? __mmask16(0xFFFF) : __mmask16((1u << live) - 1);
+  if (r0 >= sink.rows) return;
+  const int64_t lanes = std::min<int64_t>(16, sink.rows - r0);
+  const __mmask16 mask = lanes == 16 ? __mmask16(0xFFFF) : __mmask16((1u << lanes) - 1);
   const __m512 b = sink.bias ? _mm512_maskz_loadu_ps(mask, sink.bias + r0) : _mm512_setzero_ps();
   const __m512 lo = _mm512_set1_ps(sink.clamp.lo), hi = _mm512_set1_ps(sink.clamp.hi);
-  for (int q = 0; q < P; ++q) {
-    const int64_t o = sample_out + pos[q] * sink.rows + r0;
+  for (int q = 0; q < live; ++q) {
+    const int64_t o = sample_out + (p0 + q) * sink.rows + r0;
     __m512 y = _mm512_add_ps(acc[q], b);
     if (sink.residual) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, sink.residual + o));
     if (sink.clamp.on) {
@@ -741,44 +809,40 @@ inline void chan_store(const ChanSink& sink, int64_t sample_out, const int64_t* 
   }
 }
 
-template <int NN, bool WIDE>
-void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink, int64_t samples) {
-  constexpr int P = 8;            // positions in registers
-  constexpr int64_t kSpan = 64;   // positions per work item
+template <int NN, bool WIDE, int RV, int P = 8>
+void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink, int64_t samples, int64_t m) {
+  constexpr int64_t kSpan = 64;  // positions per work item
+  constexpr int64_t kFac = 4;    // aim for at least kFac work items per thread
   const int64_t q_count = src.oh * src.ow;
   const int64_t spans = (q_count + kSpan - 1) / kSpan;
-  const int64_t rvs = (w.rows + 15) / 16;
+  const int64_t units = w.rvs / RV;  // runs of RV row vectors (RV divides rvs_per_br)
   const int64_t threads = std::max<int>(1, at::get_num_threads());
   const int64_t base_items = samples * spans;
-  int64_t chunks = std::max<int64_t>(1, (4 * threads + base_items - 1) / base_items);
-  chunks = std::min(chunks, rvs);
-  const int64_t chunk_rvs = (rvs + chunks - 1) / chunks;
-  chunks = (rvs + chunk_rvs - 1) / chunk_rvs;
+  int64_t chunks = std::max<int64_t>(1, (kFac * threads + base_items - 1) / base_items);
+  chunks = std::min(chunks, units);
+  const int64_t chunk_units = (units + chunks - 1) / chunks;
+  chunks = (units + chunk_units - 1) / chunk_units;
   const int64_t items = base_items * chunks;
+  const int64_t taps = src.taps();
+  const __mmask16 live_lanes = m >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1);
   parallel_items(items, [&](int64_t item) {
-    const float* base[P];
-    int64_t pos[P];
+    std::vector<const float*> table_store(taps * P);
+    const float** table = table_store.data();
     const int64_t chunk = item % chunks, span = (item / chunks) % spans, ns = item / (chunks * spans);
     const float* x = src.data + ns * src.sample_stride;
     const int64_t sample_out = ns * q_count * sink.rows;
     const int64_t q_begin = span * kSpan, q_end = std::min(q_count, q_begin + kSpan);
-    const int64_t rv_begin = chunk * chunk_rvs, rv_end = std::min(rvs, rv_begin + chunk_rvs);
-    for (int64_t rv = rv_begin; rv < rv_end; ++rv) {
-      for (int64_t q0 = q_begin; q0 < q_end; q0 += P) {
-        const int live = static_cast<int>(std::min<int64_t>(P, q_end - q0));
-        for (int q = 0; q < live; ++q) {
-          const int64_t p = q0 + q, oh = p / src.ow, ow = p % src.ow;
-          pos[q] = p;
-          base[q] = x + oh * src.sh * src.row_stride + ow * src.sw * src.c;
-        }
-        __m512 acc[P];
-        for (int q = 0; q < P; ++q) acc[q] = _mm512_setzero_ps();
-        if (live == P) {
-          chan_tile<P, NN, WIDE>(base, w, src, rv, acc);
-        } else {
-          for (int q = 0; q < live; ++q) chan_tile<1, NN, WIDE>(base + q, w, src, rv, acc + q);
-        }
-        chan_store(sink, sample_out, pos, live, rv, acc);
+    const int64_t u_begin = chunk * chunk_units, u_end = std::min(units, u_begin + chunk_units);
+    for (int64_t p0 = q_begin; p0 < q_end; p0 += P) {
+      const int live = static_cast<int>(std::min<int64_t>(P, q_end - p0));
+      src.tap_pointers<P>(x, p0, live, table);
+      for (int64_t u = u_begin; u < u_end; ++u) {
+        const int64_t rv = u * RV;
+        __m512 acc[RV][P];
+        for (int i = 0; i < RV; ++i)
+          for (int q = 0; q < P; ++q) acc[i][q] = _mm512_setzero_ps();
+        chan_tile<P, NN, WIDE, RV>(table, w, rv, live_lanes, acc);
+        for (int i = 0; i < RV; ++i) chan_store<P>(sink, sample_out, p0, live, rv + i, acc[i]);
       }
     }
   });
@@ -786,6 +850,69 @@ void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink,
 #else
 constexpr bool kHaveChannelKernel = false;
 #endif
+
+
+// ============================================================================ pooling (channels-last)
+// The pools that sit between crisp's convs, run on the same threads as the convs (torch's own
+// pools would wake a second thread pool between two layers). Channels are the inner loop, so the
+// compiler vectorizes them; NaN propagates like torch's max_pool2d.
+at::Tensor max_pool2d_nhwc(const at::Tensor& x_in, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                           c10::IntArrayRef padding) {
+  TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat, "crisp: max_pool2d_nhwc needs a float32 [N, C, H, W] input");
+  const int64_t kh = pair_arg(kernel_size, 0, "kernel_size"), kw = pair_arg(kernel_size, 1, "kernel_size");
+  const int64_t sh = pair_arg(stride, 0, "stride"), sw = pair_arg(stride, 1, "stride");
+  const int64_t ph = pair_arg(padding, 0, "padding"), pw = pair_arg(padding, 1, "padding");
+  TORCH_CHECK(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0 && 2 * ph <= kh && 2 * pw <= kw,
+              "crisp: invalid max_pool2d geometry");
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t n_s = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t oh = (h + 2 * ph - kh) / sh + 1, ow = (w + 2 * pw - kw) / sw + 1;
+  TORCH_CHECK(oh >= 1 && ow >= 1, "crisp: max_pool2d output would be empty for input ", h, "x", w);
+  at::Tensor out = at::empty({n_s, c, oh, ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const float* xd = x.data_ptr<float>();
+  float* od = out.data_ptr<float>();
+  parallel_range(n_s * oh, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, ow * c)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t ns = r / oh, y = r % oh;
+      const int64_t y0 = std::max<int64_t>(0, y * sh - ph), y1 = std::min(h, y * sh - ph + kh);
+      for (int64_t xo = 0; xo < ow; ++xo) {
+        const int64_t x0 = std::max<int64_t>(0, xo * sw - pw), x1 = std::min(w, xo * sw - pw + kw);
+        float* o = od + ((ns * oh + y) * ow + xo) * c;
+        for (int64_t ci = 0; ci < c; ++ci) o[ci] = -std::numeric_limits<float>::infinity();
+        for (int64_t iy = y0; iy < y1; ++iy)
+          for (int64_t ix = x0; ix < x1; ++ix) {
+            const float* v = xd + ((ns * h + iy) * w + ix) * c;
+            for (int64_t ci = 0; ci < c; ++ci) o[ci] = (v[ci] > o[ci] || v[ci] != v[ci]) ? v[ci] : o[ci];
+          }
+      }
+    }
+  });
+  return out;
+}
+
+// Mean over H x W: [N, C, H, W] -> [N, C, 1, 1] (AdaptiveAvgPool2d(1)).
+at::Tensor global_avg_pool_nhwc(const at::Tensor& x_in) {
+  TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat,
+              "crisp: global_avg_pool_nhwc needs a float32 [N, C, H, W] input");
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t n_s = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  at::Tensor out = at::empty({n_s, c, 1, 1}, x.options());
+  const float* xd = x.data_ptr<float>();
+  float* od = out.data_ptr<float>();
+  constexpr int64_t kChunk = 256;  // channels per work item
+  const int64_t chunks = (c + kChunk - 1) / kChunk;
+  parallel_items(n_s * chunks, [&](int64_t item) {
+    const int64_t ns = item / chunks, c0 = (item % chunks) * kChunk, c1 = std::min(c, c0 + kChunk);
+    float acc[kChunk] = {};
+    for (int64_t p = 0; p < hw; ++p) {
+      const float* v = xd + (ns * hw + p) * c;
+      for (int64_t ci = c0; ci < c1; ++ci) acc[ci - c0] += v[ci];
+    }
+    const float scale = 1.0f / static_cast<float>(hw);
+    for (int64_t ci = c0; ci < c1; ++ci) od[ns * c + ci] = acc[ci - c0] * scale;
+  });
+  return out;
+}
 
 bool channel_kernel_available() { return kHaveChannelKernel; }
 
@@ -829,50 +956,14 @@ at::Tensor conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& vals, const at:
   at::Tensor out = at::empty({n_s, rows, oh, ow}, x_in.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (n_s == 0 || rows == 0) return out;
 
-  const bool wide = m > 4;
-  const int64_t load = wide ? 16 : 4;  // floats one group load reads from its first channel
-  // The input as padded NHWC planes; read in place when it already is NHWC, unpadded, and no
-  // group load can run past the tensor.
+  const bool wide = m != 4;  // a 4-float load fits m = 4 exactly; other m use a masked 16-float load
+  // The input is read where it is (channels-last); taps in the zero padding read `zeros`.
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
-  const bool in_place = ph == 0 && pw == 0 && load == m;
-  const int64_t hp = h + 2 * ph, wp = w + 2 * pw;
-  at::Tensor buffer;
-  ChanSource src;
-  src.c = c;
-  src.row_stride = wp * c;
-  src.sh = sh;
-  src.sw = sw;
-  src.oh = oh;
-  src.ow = ow;
-  src.sample_stride = hp * wp * c;
-  if (in_place) {
-    src.data = x.data_ptr<float>();
-  } else {
-    buffer = at::empty({n_s * src.sample_stride + 16}, x.options());
-    float* bd = buffer.data_ptr<float>();
-    const float* xd = x.data_ptr<float>();
-    std::memset(bd + n_s * src.sample_stride, 0, sizeof(float) * 16);
-    parallel_range(n_s * hp, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t ns = r / hp, i = r % hp, row = i - ph;
-        float* d = bd + r * wp * c;
-        if (row < 0 || row >= h) {
-          std::memset(d, 0, sizeof(float) * wp * c);
-          continue;
-        }
-        std::memset(d, 0, sizeof(float) * pw * c);
-        std::memcpy(d + pw * c, xd + (ns * h + row) * w * c, sizeof(float) * w * c);
-        std::memset(d + (pw + w) * c, 0, sizeof(float) * pw * c);
-      }
-    });
-    src.data = bd;
-  }
-  src.tapoff.resize(kh * kw);
-  for (int64_t a = 0; a < kh; ++a)
-    for (int64_t b = 0; b < kw; ++b) src.tapoff[a * kw + b] = (a * dh) * src.row_stride + (b * dw) * c;
-
+  const at::Tensor zeros = at::zeros({c + 16}, x.options());
+  ChanSource src{x.data_ptr<float>(), zeros.data_ptr<float>(), h * w * c, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow};
+  const int64_t rvs_per_br = rvs / nbr;
   ChanWeights wts{vals.data_ptr<float>(), idx.data_ptr<uint8_t>(), gtap.data_ptr<int32_t>(), gcin.data_ptr<int32_t>(),
-                  rvs / nbr, groups, n, rows};
+                  rvs_per_br, groups, n, rows, rvs};
   ChanSink sink{out.data_ptr<float>(), nullptr, nullptr, rows, make_clamp(clamp_min, clamp_max)};
   at::Tensor bias_c, res_c;
   if (bias.has_value() && bias->defined()) {
@@ -889,12 +980,13 @@ at::Tensor conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& vals, const at:
     sink.clamp.lo = -std::numeric_limits<float>::infinity();
     sink.clamp.hi = std::numeric_limits<float>::infinity();
   }
+  const bool pairs = rvs_per_br % 2 == 0;
   switch (wide ? 0 : n) {
-    case 1: chan_run<1, false>(src, wts, sink, n_s); break;
-    case 2: chan_run<2, false>(src, wts, sink, n_s); break;
-    case 3: chan_run<3, false>(src, wts, sink, n_s); break;
-    case 4: chan_run<4, false>(src, wts, sink, n_s); break;
-    default: chan_run<0, true>(src, wts, sink, n_s); break;
+    case 1: pairs ? chan_run<1, false, 2>(src, wts, sink, n_s, m) : chan_run<1, false, 1>(src, wts, sink, n_s, m); break;
+    case 2: pairs ? chan_run<2, false, 2>(src, wts, sink, n_s, m) : chan_run<2, false, 1>(src, wts, sink, n_s, m); break;
+    case 3: pairs ? chan_run<3, false, 2>(src, wts, sink, n_s, m) : chan_run<3, false, 1>(src, wts, sink, n_s, m); break;
+    case 4: chan_run<4, false, 1>(src, wts, sink, n_s, m); break;
+    default: chan_run<0, true, 1>(src, wts, sink, n_s, m); break;
   }
   return out;
 #else
@@ -915,6 +1007,8 @@ TORCH_LIBRARY_FRAGMENT(crisp, m) {
       "Tensor? bias, Tensor? residual, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
       "float clamp_min, float clamp_max) -> Tensor");
   m.def("channel_kernel_available() -> bool");
+  m.def("max_pool2d_nhwc(Tensor x, int[] kernel_size, int[] stride, int[] padding) -> Tensor");
+  m.def("global_avg_pool_nhwc(Tensor x) -> Tensor");
   m.def(
       "hybrid_sparse_linear_fast(Tensor x, Tensor row_ptr, Tensor cols, Tensor vals, int in_features, Tensor? bias, "
       "float clamp_min, float clamp_max) -> Tensor");
@@ -924,6 +1018,8 @@ TORCH_LIBRARY_IMPL(crisp, CPU, m) {
   m.impl("hybrid_sparse_conv2d_fast", &crisp_cpu::conv2d_fast);
   m.impl("hybrid_sparse_linear_fast", &crisp_cpu::linear_fast);
   m.impl("hybrid_sparse_conv2d_nhwc", &crisp_cpu::conv2d_nhwc);
+  m.impl("max_pool2d_nhwc", &crisp_cpu::max_pool2d_nhwc);
+  m.impl("global_avg_pool_nhwc", &crisp_cpu::global_avg_pool_nhwc);
 }
 
 TORCH_LIBRARY_IMPL(crisp, CompositeExplicitAutograd, m) {

@@ -86,6 +86,8 @@ def test_whole_model_equals_masked_dense(name, kwargs, fusions):
         assert fusion in kinds, (fusion, kinds)
     if name == "mobilenet_v2":  # its depthwise convs stay dense; their BatchNorms are folded
         assert len(compiled.artifacts["folded_batchnorms"]) >= 17  # one per inverted-residual block
+    if name == "resnet50":  # its pools run on crisp's threads too
+        assert compiled.artifacts["lowered_pools"] == ["maxpool", "avgpool"]
     with torch.no_grad():
         want = masked_dense(model, compiled.masks)(x)
         got = compiled(x)
@@ -146,3 +148,29 @@ def test_bench_command_rejects_unknown_methods(capsys):
 
     assert main(["bench", "--model", "small_cnn", "--methods", "tensorflow"]) == 1
     assert "unknown method" in capsys.readouterr().err
+
+
+class PoolZoo(torch.nn.Module):
+    """Pools crisp's kernels compute (floor-mode max pool, global average) and ones they leave to torch."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.pool = torch.nn.MaxPool2d(3, 2, 1)
+        self.ceil_pool = torch.nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.avg = torch.nn.AdaptiveAvgPool2d(1)
+        self.avg2 = torch.nn.AdaptiveAvgPool2d(2)
+
+    def forward(self, x):
+        y = self.pool(torch.relu(self.conv(x)))
+        return self.avg(self.ceil_pool(y)).flatten(1) + self.avg2(y).mean((2, 3))
+
+
+def test_pools_are_lowered_only_where_exact():
+    torch.manual_seed(0)
+    model = PoolZoo().eval()
+    x = torch.randn(2, 8, 13, 11)
+    compiled = crisp.compile(model, (x,), target="cpu", sparsity=0.8, block=16, verify=False)
+    assert compiled.artifacts["lowered_pools"] == ["pool", "avg"]
+    with torch.no_grad():
+        assert relative_error(compiled(x), masked_dense(model, compiled.masks)(x)) <= 1e-4

@@ -237,3 +237,39 @@ def test_fake_kernels_give_output_shapes():
         z = fast_kernel.linear(torch.empty(5, 27), packed, None)
     assert tuple(y.shape) == (4, 2, 6, 5)
     assert tuple(z.shape) == (5, 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batch=st.integers(1, 3), channels=st.integers(1, 70), h=st.integers(1, 13), w=st.integers(1, 13),
+    kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    pad=st.tuples(st.integers(0, 2), st.integers(0, 2)), channels_last=st.booleans(), nan=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_max_pool_equals_torch(batch, channels, h, w, kernel, stride, pad, channels_last, nan, seed):
+    """crisp's channels-last max pool equals F.max_pool2d, NaN included, in either input layout."""
+    pad = tuple(min(p, k // 2) for p, k in zip(pad, kernel))
+    if any(s + 2 * p < k for s, p, k in zip((h, w), pad, kernel)):
+        return  # empty output: torch refuses it too
+    x = torch.randn(batch, channels, h, w, generator=torch.Generator().manual_seed(seed))
+    if nan:
+        x[0, channels // 2, h // 2, w // 2] = float("nan")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = fast_kernel.max_pool2d(x, kernel, stride, pad)
+    want = F.max_pool2d(x, kernel, stride, pad)
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=st.integers(1, 3), channels=st.integers(1, 600), h=st.integers(1, 9), w=st.integers(1, 9),
+       channels_last=st.booleans(), seed=st.integers(0, 10_000))
+def test_global_avg_pool_equals_torch(batch, channels, h, w, channels_last, seed):
+    x = torch.randn(batch, channels, h, w, generator=torch.Generator().manual_seed(seed))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = fast_kernel.global_avg_pool(x)
+    assert got.shape == (batch, channels, 1, 1)
+    assert relative_error(got, F.adaptive_avg_pool2d(x, 1)) < 1e-5
