@@ -57,7 +57,7 @@ def compile(
     model: nn.Module,
     example_inputs,
     *,
-    target: str = "reference",
+    target: str = "cpu",
     pattern: "Pattern | str" = "2:4",
     block: int | None = None,
     sparsity: float = 0.9,

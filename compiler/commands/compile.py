@@ -13,7 +13,7 @@ def register(sub) -> None:
     p = sub.add_parser("compile", help="compile an in-project model and print the per-layer report")
     add_model_args(p)
     add_pattern_args(p)
-    p.add_argument("--target", default="reference", help="backend (default reference)")
+    p.add_argument("--target", default="cpu", help="backend: cpu (fast kernels, the default), reference, onnx, crisp-stc")
     p.add_argument("--exclude", action="append", default=[], metavar="MODULE", help="keep this module dense (repeatable)")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
     p.set_defaults(func=run)

@@ -31,6 +31,10 @@ def run(args: argparse.Namespace) -> int:
     model, x = model_and_input(args)
     compiled = crisp.compile(model, (x,), pattern=args.pattern, block=args.block, sparsity=args.sparsity,
                              seed=args.seed, progress=True)
+    kernels = compiled.artifacts.get("cpu_kernels")
+    if kernels is not None:
+        reason = compiled.artifacts.get("reason")
+        print(f"target {compiled.target}: {kernels} kernels" + (f" ({reason})" if reason else ""))
     print("running the compiled model and the masked dense model on a random image ...", flush=True)
     y = compiled(x)
     with torch.no_grad():
