@@ -69,13 +69,17 @@ def compile(
     classes=None,
     verify: bool = True,
     progress: bool = False,
+    keep_saliency: bool = False,
     **options: Any,
 ) -> CompiledModel:
     """Compile ``model`` to hybrid N:M + block sparsity and return a :class:`CompiledModel`.
 
     The model is copied and put in eval mode; the caller's model and state_dict are untouched.
     ``sparsity`` is the global target over the pruned layers' weights (>= 1 - n/m). Layers named in
-    ``exclude`` (and everything inside them) stay dense and are not traced into.
+    ``exclude`` (and everything inside them) stay dense and are not traced into. Each layer's
+    saliency (one float per weight, as large as the dense model) is dropped once the masks are
+    chosen, so that the compiled model holds less than the dense one; ``keep_saliency=True`` keeps
+    it in ``compiled.layers[i].saliency``.
     """
     from crisp.backends import get_backend
 
@@ -98,6 +102,9 @@ def compile(
         pipeline = default_pipeline(original, inputs, p, kappa, saliency_fn, exclude, verify=verify, progress=progress)
         lowered = pipeline(gm).graph_module
         layers = layers_of(lowered)
+        if not keep_saliency:
+            for info in layers:
+                info.saliency = None
         from crisp.backends import BackendInput
 
         out = backend(BackendInput(lowered, layers, inputs, dict(options, pattern=p, sparsity=kappa)))

@@ -157,7 +157,8 @@ class HybridSparseTensor:
         nbr, k = self.block_cols.shape
         group_base = torch.arange(p.groups_per_block, dtype=torch.int64).view(1, 1, 1, -1, 1) * p.m
         cols = self.block_cols.to(torch.int64).view(nbr, k, 1, 1, 1) * p.block + group_base + self.unpacked_offsets()
-        return cols.reshape(nbr, k, p.block, -1).permute(0, 2, 1, 3).reshape(nbr, p.block, -1)
+        per_block = p.groups_per_block * p.n  # explicit, so that k = 0 (nothing kept) works too
+        return cols.reshape(nbr, k, p.block, per_block).permute(0, 2, 1, 3).reshape(nbr, p.block, k * per_block)
 
     def values_by_row(self) -> torch.Tensor:
         """``values`` as ``[nbr, B, k * (B/m) * n]``, matching :meth:`gather_columns`."""

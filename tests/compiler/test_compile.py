@@ -121,3 +121,37 @@ def test_conv_variants_stride_padding_dilation_bias():
     compiled = crisp.compile(model, (x,), pattern="2:4", block=8, sparsity=0.8)
     assert set(compiled.masks) == {"a.weight", "b.weight", "c.weight", "fc.weight"}
     assert relative_error(compiled(x), crisp.apply_masks(model, compiled.masks)(x)) <= 1e-4
+
+
+def _held_bytes(compiled) -> int:
+    """Bytes of every distinct tensor storage a CompiledModel keeps alive (modules, graphs, layer infos)."""
+    seen: dict[int, int] = {}
+
+    def add(t):
+        if isinstance(t, torch.Tensor):
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+
+    for module in (compiled.module, compiled.graph_module):
+        for t in list(module.parameters()) + list(module.buffers()):
+            add(t)
+    for info in compiled.layers:
+        add(info.saliency)
+        add(info.mask)
+        if info.compact is not None:
+            for t in vars(info.compact).values():
+                add(t)
+    return sum(seen.values())
+
+
+def test_compiled_model_holds_less_than_the_dense_model():
+    """Saliency (as large as the dense weights) is dropped after selection unless asked for."""
+    model = crisp.models.build("resnet50")
+    x = torch.randn(1, 3, 64, 64)
+    dense = sum(p.numel() * p.element_size() for p in model.parameters())
+    compiled = crisp.compile(model, (x,), pattern="2:4", block=32, sparsity=0.9, verify=False)
+    assert all(info.saliency is None for info in compiled.layers)
+    assert _held_bytes(compiled) < 0.75 * dense
+    kept = crisp.compile(model, (x,), pattern="2:4", block=32, sparsity=0.9, verify=False, keep_saliency=True)
+    assert all(info.saliency is not None and info.saliency.shape == info.weight_shape for info in kept.layers if info.prunable)
+    assert _held_bytes(kept) > dense

@@ -127,3 +127,17 @@ def test_corrupt_tensor_is_refused():
         HybridSparseTensor(t.values, t.block_cols + 5, t.offsets, t.shape, p)
     with pytest.raises(FormatError, match="offsets"):
         HybridSparseTensor(t.values, t.block_cols, t.offsets[:-1], t.shape, p)
+
+
+@pytest.mark.parametrize("nm", [(1, 4), (2, 4), (3, 4)])
+def test_tensor_that_keeps_nothing_round_trips_and_gathers(nm):
+    """An all-false mask gives k = 0 kept blocks per row; every view of it still works."""
+    from crisp.runtime.reference_kernel import reference_hybrid_sparse_gemm
+
+    p = Pattern(nm[0], nm[1], 16)
+    w = torch.randn(40, 48)
+    t = HybridSparseTensor.from_dense(w, torch.zeros(40, 48, dtype=torch.bool), p)
+    assert t.block_cols.shape == (3, 0)
+    assert torch.equal(t.to_dense(), torch.zeros(40, 48))
+    assert t.gather_columns().shape == (3, 16, 0) and t.values_by_row().shape == (3, 16, 0)
+    assert torch.equal(reference_hybrid_sparse_gemm(torch.randn(5, 48), t, None), torch.zeros(5, 40))
