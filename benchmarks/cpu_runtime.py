@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="blocks for which batches other than 1 are timed (default 32; 'all' for every block)")
     p.add_argument("--budget", type=float, default=2.0, help="seconds of timed runs per measurement (default 2)")
     p.add_argument("--per-layer", default="target", choices=("target", "sparsity0.9", "all", "none"),
-                   help="which configurations get per-layer times (default: the target one)")
+                   help="which configurations get per-layer times (default: the target one, at each thread count)")
     p.add_argument("--no-alternatives", dest="alternatives", action="store_false",
                    help="skip timing the kernel alternatives (C++ kernels vs vectorized torch vs reference)")
     p.add_argument("--quick", action="store_true", help="only the target configuration (ResNet-50, B32, 90%%, batch 1, 2 threads)")
@@ -95,8 +95,8 @@ def environment() -> dict:
 def wants_layers(args, model, block, sparsity, batch, threads) -> bool:
     if args.per_layer == "none":
         return False
-    if args.per_layer == "target":
-        return (model, block, sparsity, batch, threads) == tuple(TARGET.values())
+    if args.per_layer == "target":  # the target configuration, at every thread count timed
+        return (model, block, sparsity, batch) == tuple(TARGET.values())[:4]
     if args.per_layer == "sparsity0.9":
         return sparsity == 0.9 and batch == 1 and threads == max(int(t) for t in args.threads.split(","))
     return True
@@ -236,6 +236,21 @@ def check_targets(data) -> list[dict]:
             "target": f"every ResNet-50 {kind} layer >= 70% of the block-skip limit",
             "value": round(min(t["efficiency"] for t in mine), 3),
             "detail": f"{len(below)} of {len(mine)} layers below 70%; worst {worst['name']} at {worst['efficiency']:.0%}; "
+                      f"all {kind} layers together reach {total:.0%}",
+            "met": not below,
+        })
+    for kind in ("conv1x1", "conv3x3"):  # the other reading of "block-skip limit": dense x kept-block share
+        mine = [t for t in layers or [] if t["kind"] == kind and t.get("block_density") == t.get("block_density")]
+        if not mine:
+            continue
+        eff = {t["name"]: t["dense_ms"] * t["block_density"] / t["crisp_ms"] for t in mine}
+        below = [n for n, e in eff.items() if e < TARGET_LAYER_EFFICIENCY]
+        worst = min(eff, key=eff.get)
+        total = sum(t["dense_ms"] * t["block_density"] for t in mine) / sum(t["crisp_ms"] for t in mine)
+        out.append({
+            "target": f"(informative: limit = dense x kept-block share) every ResNet-50 {kind} layer >= 70%",
+            "value": round(eff[worst], 3),
+            "detail": f"{len(below)} of {len(mine)} layers below 70%; worst {worst} at {eff[worst]:.0%}; "
                       f"all {kind} layers together reach {total:.0%}",
             "met": not below,
         })

@@ -196,6 +196,9 @@ class LayerTiming:
     kernel: str = "rows"  # "channel" (NHWC, vectorized over output channels) or "rows" (over positions)
     dense_cpu_ms: float = float("nan")  # process CPU time medians (robust to other jobs at 1 thread)
     crisp_cpu_ms: float = float("nan")
+    # the share of weight blocks kept (density x m/n): the bound of a kernel that skips pruned
+    # blocks but does the dense work inside kept ones; limit_ms counts the N:M skipping as well
+    block_density: float = float("nan")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -251,8 +254,10 @@ def per_layer_times(model: nn.Module, compiled, x: torch.Tensor, **measure_kw) -
                 dense, dense_cpu = dense_run.median_ms, dense_run.cpu_median_ms
                 fast = measure(lambda: fast_kernel.linear(xi, packed, bias), **measure_kw)
             limit = dense * density
+            pattern = info.compact.pattern
             out.append(LayerTiming(info.name, info.kind_label, tuple(xi.shape), density, dense, fast.median_ms, limit,
-                                   limit / fast.median_ms, "channel" if channel else "rows", dense_cpu, fast.cpu_median_ms))
+                                   limit / fast.median_ms, "channel" if channel else "rows", dense_cpu, fast.cpu_median_ms,
+                                   min(1.0, density * pattern.m / pattern.n)))
     return out
 
 
