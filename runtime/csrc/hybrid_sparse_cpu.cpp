@@ -72,7 +72,8 @@ inline void cpu_relax() {
 #endif
 }
 
-constexpr int64_t kSpinMicros = 300;  // how long an idle helper spins before it sleeps
+constexpr int64_t kBusySpinMicros = 100;  // how long an idle helper spins on its core
+constexpr int64_t kSpinMicros = 400;      // how long it checks for work (yielding) before it sleeps
 
 class WorkPool {
  public:
@@ -156,15 +157,24 @@ class WorkPool {
     for (;;) {
       const std::function<void(int64_t)>* fn;
       int64_t items;
-      // Spin a little before sleeping: layers follow each other within microseconds, and waking
-      // a sleeping thread costs more than most layers take.
-      const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+      // Spin before sleeping: layers follow each other within microseconds, and waking a
+      // sleeping thread costs more than most layers take. The first kBusySpinMicros spin on the
+      // core; after that the helper yields between checks, so that another thread pool (torch's,
+      // for an op between two crisp layers) gets the core if it needs it.
+      const auto start = std::chrono::steady_clock::now();
+      const auto busy_until = start + std::chrono::microseconds(kBusySpinMicros);
+      const auto spin_until = start + std::chrono::microseconds(kSpinMicros);
+      bool busy = true;
       for (int i = 0; published_.load(std::memory_order_acquire) == seen; ++i) {
-        if ((i & 63) == 63 && std::chrono::steady_clock::now() > spin_until) break;
-        if (i < 256) {
+        if ((i & 31) == 31) {
+          const auto t = std::chrono::steady_clock::now();
+          if (t > spin_until) break;
+          busy = t < busy_until;
+        }
+        if (busy) {
           cpu_relax();
         } else {
-          std::this_thread::yield();  // let other threads (torch's own pool) have the core
+          std::this_thread::yield();
         }
       }
       {
