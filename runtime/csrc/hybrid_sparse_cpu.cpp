@@ -208,8 +208,8 @@ thread_local bool WorkPool::in_job_ = false;
 
 // fn(item) for item in [0, items) on up to at::get_num_threads() threads.
 template <typename F>
-void parallel_items(int64_t items, const F& fn) {
-  WorkPool::get().run(items, std::max<int>(1, at::get_num_threads()), fn);
+void parallel_items(int64_t items, const F& fn, int64_t max_threads = std::numeric_limits<int64_t>::max()) {
+  WorkPool::get().run(items, std::min<int64_t>(max_threads, std::max<int>(1, at::get_num_threads())), fn);
 }
 
 // fn(begin, end) over [0, n) in chunks of about `grain`.
@@ -700,21 +700,21 @@ struct ChanSource {
   const float* data;
   const float* zeros;  // at least c + 16 zero floats
   int64_t sample_stride, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow;
+  std::vector<int32_t> used_taps;  // the taps some kept group reads; the others are never looked up
   int64_t taps() const { return kh * kw; }
 
-  // table[t * P + q] = where tap t of output position p0 + q reads (q < live).
+  // table[t * P + q] = where tap t of output position p0 + q reads (q < live), for the used taps.
   template <int P>
   void tap_pointers(const float* x, int64_t p0, int live, const float** table) const {
     int64_t y = p0 / ow, xo = p0 % ow;
     for (int q = 0; q < live; ++q) {
       const int64_t iy0 = y * sh - ph, ix0 = xo * sw - pw;
-      for (int64_t a = 0; a < kh; ++a) {
-        const int64_t iy = iy0 + a * dh;
-        const bool row_ok = iy >= 0 && iy < h;
-        for (int64_t b = 0; b < kw; ++b) {
-          const int64_t ix = ix0 + b * dw;
-          table[(a * kw + b) * P + q] = row_ok && ix >= 0 && ix < w ? x + (iy * w + ix) * c : zeros;
-        }
+      const float* origin = x + (iy0 * w + ix0) * c;
+      const bool inside = iy0 >= 0 && ix0 >= 0 && iy0 + (kh - 1) * dh < h && ix0 + (kw - 1) * dw < w;
+      for (const int32_t t : used_taps) {
+        const int64_t a = t / kw, b = t % kw;
+        const int64_t iy = iy0 + a * dh, ix = ix0 + b * dw;
+        table[t * P + q] = inside || (iy >= 0 && iy < h && ix >= 0 && ix < w) ? origin + (a * dh * w + b * dw) * c : zeros;
       }
       if (++xo == ow) {
         xo = 0;
@@ -722,7 +722,7 @@ struct ChanSource {
       }
     }
     for (int q = live; q < P; ++q)  // lanes past the last position read zeros and are never stored
-      for (int64_t t = 0; t < taps(); ++t) table[t * P + q] = zeros;
+      for (const int32_t t : used_taps) table[t * P + q] = zeros;
   }
 };
 
@@ -821,14 +821,21 @@ inline void chan_store(const ChanSink& sink, int64_t sample_out, int64_t p0, int
 
 template <int NN, bool WIDE, int RV, int P = 8>
 void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink, int64_t samples, int64_t m) {
-  constexpr int64_t kSpan = 64;  // positions per work item
-  constexpr int64_t kFac = 4;    // aim for at least kFac work items per thread
+  constexpr int64_t kMaxSpan = 64;  // positions per work item, at most
+  constexpr int64_t kFac = 4;       // aim for at least kFac work items per thread
+  // below this many FMAs a second thread costs more (waking, a second look-up table) than it saves
+  constexpr int64_t kMinParallelFmas = 24000;
   const int64_t q_count = src.oh * src.ow;
-  const int64_t spans = (q_count + kSpan - 1) / kSpan;
   const int64_t units = w.rvs / RV;  // runs of RV row vectors (RV divides rvs_per_br)
-  const int64_t threads = std::max<int>(1, at::get_num_threads());
+  const int64_t fmas = samples * q_count * w.rvs * w.groups * w.n;
+  const int64_t threads = fmas < kMinParallelFmas ? 1 : std::max<int>(1, at::get_num_threads());
+  // split positions first (each item builds its own tap look-up table), row vectors only when
+  // positions alone give too few items
+  int64_t span = (samples * q_count + kFac * threads - 1) / (kFac * threads);
+  span = std::min(kMaxSpan, std::max<int64_t>(P, (span + P - 1) / P * P));
+  const int64_t spans = (q_count + span - 1) / span;
   const int64_t base_items = samples * spans;
-  int64_t chunks = std::max<int64_t>(1, (kFac * threads + base_items - 1) / base_items);
+  int64_t chunks = threads == 1 ? 1 : std::max<int64_t>(1, (kFac * threads + base_items - 1) / base_items);
   chunks = std::min(chunks, units);
   const int64_t chunk_units = (units + chunks - 1) / chunks;
   chunks = (units + chunk_units - 1) / chunk_units;
@@ -838,10 +845,10 @@ void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink,
   parallel_items(items, [&](int64_t item) {
     std::vector<const float*> table_store(taps * P);
     const float** table = table_store.data();
-    const int64_t chunk = item % chunks, span = (item / chunks) % spans, ns = item / (chunks * spans);
+    const int64_t chunk = item % chunks, sp = (item / chunks) % spans, ns = item / (chunks * spans);
     const float* x = src.data + ns * src.sample_stride;
     const int64_t sample_out = ns * q_count * sink.rows;
-    const int64_t q_begin = span * kSpan, q_end = std::min(q_count, q_begin + kSpan);
+    const int64_t q_begin = sp * span, q_end = std::min(q_count, q_begin + span);
     const int64_t u_begin = chunk * chunk_units, u_end = std::min(units, u_begin + chunk_units);
     for (int64_t p0 = q_begin; p0 < q_end; p0 += P) {
       const int live = static_cast<int>(std::min<int64_t>(P, q_end - p0));
@@ -855,7 +862,7 @@ void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink,
         for (int i = 0; i < RV; ++i) chan_store<P>(sink, sample_out, p0, live, rv + i, acc[i]);
       }
     }
-  });
+  }, threads);
 }
 #else
 constexpr bool kHaveChannelKernel = false;
@@ -970,7 +977,14 @@ at::Tensor conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& vals, const at:
   // The input is read where it is (channels-last); taps in the zero padding read `zeros`.
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor zeros = at::zeros({c + 16}, x.options());
-  ChanSource src{x.data_ptr<float>(), zeros.data_ptr<float>(), h * w * c, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow};
+  ChanSource src{x.data_ptr<float>(), zeros.data_ptr<float>(), h * w * c, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, {}};
+  {
+    std::vector<uint8_t> used(kh * kw, 0);
+    const int32_t* t = gtap.data_ptr<int32_t>();
+    for (int64_t i = 0, e = gtap.numel(); i < e; ++i) used[t[i]] = 1;
+    for (int64_t i = 0; i < kh * kw; ++i)
+      if (used[i]) src.used_taps.push_back(static_cast<int32_t>(i));
+  }
   const int64_t rvs_per_br = rvs / nbr;
   ChanWeights wts{vals.data_ptr<float>(), idx.data_ptr<uint8_t>(), gtap.data_ptr<int32_t>(), gcin.data_ptr<int32_t>(),
                   rvs_per_br, groups, n, rows, rvs};
