@@ -19,8 +19,10 @@ on a copy of that graph (the input graph module is never changed) and, per prune
   MobileNetV2 blocks;
 - folds BatchNorms that follow dense (unpruned, e.g. depthwise) convs into them and gives those
   convs channels-last weights;
-- runs MaxPool2d (dilation 1, floor mode) and global average pools with crisp's channels-last
-  pools, so that no other thread pool wakes between two layers.
+- runs the dense convs left in the graph on the same kernels (every weight kept) and dense
+  depthwise convs (MobileNetV2) on a depthwise kernel, a following ReLU/ReLU6 fused; MaxPool2d
+  (dilation 1, floor mode) and global average pools with crisp's channels-last kernels, so that
+  no other thread pool wakes between two layers.
 
 If the fast kernels cannot be built or fail their self-check, or the model is not float32, the
 backend returns the lowered graph unchanged (the reference kernel) after one warning.
@@ -36,7 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from crisp.format import HybridSparseTensor
 from crisp.layer_info import META_KEY, LayerInfo
+from crisp.pattern import Pattern
 from crisp.runtime import fast_kernel
 from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
 
@@ -126,18 +130,71 @@ def _layer_subgraph(graph: fx.Graph, info: LayerInfo, gemm: fx.Node) -> tuple[fx
     return x, outputs[0], group
 
 
+def _pack(compact, in_channels: int, conv: bool) -> PackedHybridWeight | ChannelPackedWeight:
+    """The layout of the kernel that runs this weight: channel-vector where it fits, else rows."""
+    if conv and fast_kernel.channel_kernel_available() and ChannelPackedWeight.supports(compact, in_channels):
+        return ChannelPackedWeight.from_compact(compact, in_channels)
+    return PackedHybridWeight.from_compact(compact)
+
+
+def _conv_call(graph: fx.Graph, packed, x, attrs, bias, residual, geometry) -> fx.Node:
+    """The fused conv op for ``packed`` (its tensors as get_attr nodes ``attrs``); channels-last out."""
+    if isinstance(packed, ChannelPackedWeight):
+        args = (x, *attrs, packed.rows, packed.n, packed.m, bias, residual, *geometry)
+        return graph.call_function(torch.ops.crisp.hybrid_sparse_conv2d_nhwc.default, args)
+    args = (x, *attrs, packed.in_features, bias, residual, *geometry, True)
+    return graph.call_function(torch.ops.crisp.hybrid_sparse_conv2d_fast.default, args)
+
+
+DENSE_PATTERN = Pattern(4, 4, 16)  # every weight kept: how a dense conv runs on the sparse kernels
+
+
+def _lower_dense_convs(gm: fx.GraphModule, fuse_activations: bool) -> list[str]:
+    """Run the dense (unpruned, groups=1) convs left in the graph, e.g. a stem conv whose K is
+    smaller than one block, on crisp's kernels as fully kept weights, a following ReLU/ReLU6
+    fused: no torch op (and no second thread pool) between two crisp layers."""
+    lowered = []
+    inf = float("inf")
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        conv = gm.get_submodule(node.target)
+        meta = node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], fx.Node) else None
+        if (not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.padding_mode != "zeros"
+                or isinstance(conv.padding, str) or conv.weight.dtype != torch.float32
+                or meta is None or len(meta.shape) != 4 or meta.dtype != torch.float32):
+            continue
+        weight = conv.weight.detach().float()
+        compact = HybridSparseTensor.from_dense(weight, torch.ones_like(weight, dtype=torch.bool), DENSE_PATTERN)
+        packed = _pack(compact, conv.in_channels, True)
+        parent, _, leaf = node.target.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, leaf, PackedLayer(packed, conv.bias))
+        end, clamp = node, (-inf, inf)
+        user = _sole_user(node) if fuse_activations else None
+        act = _activation(user, gm) if user is not None else None
+        if act is not None:
+            end, clamp = user, act[1:]
+        geometry = (list(conv.kernel_size), list(conv.stride), list(conv.padding), list(conv.dilation), *clamp)
+        with gm.graph.inserting_before(node):
+            attrs = [gm.graph.get_attr(f"{node.target}.{name}") for name in packed.tensors()]
+            bias = gm.graph.get_attr(f"{node.target}.bias") if conv.bias is not None else None
+            fused = _conv_call(gm.graph, packed, node.args[0], attrs, bias, None, geometry)
+        fused.meta.update(end.meta)
+        end.replace_all_uses_with(fused)
+        if end is not node:
+            gm.graph.erase_node(end)
+        gm.graph.erase_node(node)
+        lowered.append(node.target + ("+" + act[0] if act is not None else ""))
+    return lowered
+
+
 def _fuse_layer(gm: fx.GraphModule, gemm: fx.Node, info: LayerInfo, fuse_activations: bool) -> str:
     """Replace one layer's subgraph with a fused fast op; return a description of what was fused."""
     graph = gm.graph
     x, out, group = _layer_subgraph(graph, info, gemm)
     holder_path = gemm.args[1].target.rsplit(".", 1)[0]  # "<layer>.values" -> "<layer>"
     holder = gm.get_submodule(holder_path)
-    compact = holder.compact()
-    cin = info.weight_shape[1]
-    if info.kind == "conv" and fast_kernel.channel_kernel_available() and ChannelPackedWeight.supports(compact, cin):
-        packed = ChannelPackedWeight.from_compact(compact, cin)
-    else:
-        packed = PackedHybridWeight.from_compact(compact)
+    packed = _pack(holder.compact(), info.weight_shape[1], info.kind == "conv")
     parent_path, _, leaf = holder_path.rpartition(".")
     setattr(gm.get_submodule(parent_path) if parent_path else gm, leaf, PackedLayer(packed, holder.bias))
 
@@ -164,12 +221,7 @@ def _fuse_layer(gm: fx.GraphModule, gemm: fx.Node, info: LayerInfo, fuse_activat
             conv = info.conv
             geometry = (list(conv["kernel_size"]), list(conv["stride"]), list(conv["explicit_padding"]),
                         list(conv["dilation"]), *clamp)
-            if isinstance(packed, ChannelPackedWeight):
-                args = (x, *attrs, packed.rows, packed.n, packed.m, bias, residual, *geometry)
-                fused = graph.call_function(torch.ops.crisp.hybrid_sparse_conv2d_nhwc.default, args)
-            else:
-                args = (x, *attrs, packed.in_features, bias, residual, *geometry, True)
-                fused = graph.call_function(torch.ops.crisp.hybrid_sparse_conv2d_fast.default, args)
+            fused = _conv_call(graph, packed, x, attrs, bias, residual, geometry)
         else:
             fused = graph.call_function(torch.ops.crisp.hybrid_sparse_linear_fast.default,
                                         (x, *attrs, packed.in_features, bias, *clamp))
@@ -217,6 +269,56 @@ def _fold_dense_batchnorms(gm: fx.GraphModule) -> list[str]:
     return folded
 
 
+class DepthwiseLayer(nn.Module):
+    """A dense depthwise conv for ``crisp::depthwise_conv2d_nhwc``: weight as ``[kh*kw, C]``, bias."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        c, _, kh, kw = conv.weight.shape
+        self.register_buffer("weight", conv.weight.detach().reshape(c, kh * kw).t().contiguous().float())
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float().clone())
+        self.geometry = ([kh, kw], list(conv.stride), list(conv.padding), list(conv.dilation))
+
+
+def _is_plain_depthwise(module: nn.Module) -> bool:
+    return (isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
+            and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+            and module.weight.dtype == torch.float32)
+
+
+def _lower_depthwise(gm: fx.GraphModule, fuse_activations: bool) -> list[str]:
+    """Run dense depthwise convs (and a ReLU/ReLU6 after them) with crisp's channels-last kernel."""
+    lowered = []
+    inf = float("inf")
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        module = gm.get_submodule(node.target)
+        meta = node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], fx.Node) else None
+        if not _is_plain_depthwise(module) or meta is None or len(meta.shape) != 4 or meta.dtype != torch.float32:
+            continue
+        layer = DepthwiseLayer(module)
+        parent, _, leaf = node.target.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, leaf, layer)
+        end, clamp = node, (-inf, inf)
+        user = _sole_user(node) if fuse_activations else None
+        act = _activation(user, gm) if user is not None else None
+        if act is not None:
+            end, clamp = user, act[1:]
+        with gm.graph.inserting_before(node):
+            weight = gm.graph.get_attr(f"{node.target}.weight")
+            bias = gm.graph.get_attr(f"{node.target}.bias") if layer.bias is not None else None
+            fused = gm.graph.call_function(torch.ops.crisp.depthwise_conv2d_nhwc.default,
+                                           (node.args[0], weight, bias, *layer.geometry, *clamp))
+        fused.meta.update(end.meta)
+        end.replace_all_uses_with(fused)
+        if end is not node:
+            gm.graph.erase_node(end)
+        gm.graph.erase_node(node)
+        lowered.append(node.target + ("+" + act[0] if act is not None else ""))
+    return lowered
+
+
 def _pool_call(module: nn.Module) -> tuple[Any, tuple] | None:
     """(op, extra args) of the crisp pool that computes ``module`` exactly, or None."""
     def pair(v):
@@ -254,10 +356,10 @@ def _lower_pools(gm: fx.GraphModule) -> list[str]:
 
 
 def fuse_for_cpu(graph_module: fx.GraphModule, *, fuse_activations: bool = True
-                 ) -> tuple[fx.GraphModule, dict[str, str], list[str], list[str]]:
+                 ) -> tuple[fx.GraphModule, dict[str, str], list[str], list[str], list[str]]:
     """A copy of the lowered ``graph_module`` with every pruned layer on the fast kernels, the
-    BatchNorms after dense convs folded and the pools on crisp's kernels: (module, what each
-    pruned layer became, folded BNs, lowered pools)."""
+    BatchNorms after dense convs folded and the depthwise convs and pools on crisp's kernels:
+    (module, what each pruned layer became, folded BNs, dense convs lowered, pools lowered)."""
     gm = copy.deepcopy(graph_module)
     fused: dict[str, str] = {}
     for node in list(gm.graph.nodes):
@@ -265,12 +367,13 @@ def fuse_for_cpu(graph_module: fx.GraphModule, *, fuse_activations: bool = True
             info = node.meta[META_KEY]
             fused[info.name] = _fuse_layer(gm, node, info, fuse_activations)
     folded = _fold_dense_batchnorms(gm)
+    dense = _lower_depthwise(gm, fuse_activations) + _lower_dense_convs(gm, fuse_activations)
     pools = _lower_pools(gm)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    return gm, fused, folded, pools
+    return gm, fused, folded, dense, pools
 
 
 def _float32_model(graph_module: fx.GraphModule) -> bool:
@@ -288,8 +391,8 @@ def cpu_backend(lowered: BackendInput) -> BackendOutput:
             module=lowered.graph_module,
             artifacts={"cpu_kernels": "reference", "reason": fast_kernel.unavailable_reason()},
         )
-    gm, fused, folded, pools = fuse_for_cpu(lowered.graph_module, fuse_activations=lowered.options.get("fuse_activations", True))
+    gm, fused, folded, dense, pools = fuse_for_cpu(lowered.graph_module, fuse_activations=lowered.options.get("fuse_activations", True))
     packed = sum(m.nbytes for m in gm.modules() if isinstance(m, PackedLayer))
     return BackendOutput(module=gm, artifacts={"cpu_kernels": "fast", "fused": fused, "folded_batchnorms": folded,
-                                               "lowered_pools": pools,
+                                               "dense_convs": dense, "lowered_pools": pools,
                                                "packed_weight_bytes": packed})

@@ -17,7 +17,9 @@ later process (or a rebuilt source) finds or makes the right build. Loading regi
 - ``crisp::hybrid_sparse_linear_fast(x, row_ptr, cols, vals, in_features, bias, clamp_min, clamp_max)``;
 - ``crisp::channel_kernel_available()``: whether this build has the channel-vector kernel;
 - ``crisp::max_pool2d_nhwc(x, kernel_size, stride, padding)`` and ``crisp::global_avg_pool_nhwc(x)``:
-  the pools between the convs, channels-last, on the kernels' own threads.
+  the pools between the convs, channels-last, on the kernels' own threads;
+- ``crisp::depthwise_conv2d_nhwc(x, weight [kh*kw, C], bias, kernel_size, stride, padding, dilation,
+  clamp_min, clamp_max)``: the dense depthwise convs (MobileNetV2), bias and clamp fused.
 
 If the build or the self-check fails (no compiler, unsupported CPU or flags, a wrong result),
 :func:`available` returns False after ONE :class:`FastKernelUnavailableWarning`; callers then run
@@ -135,6 +137,11 @@ def _register_fakes() -> None:
         sh, sw = stride if len(stride) == 2 else (stride[0],) * 2
         ph, pw = padding if len(padding) == 2 else (padding[0],) * 2
         out = x.new_empty((n, c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1))
+        return out.contiguous(memory_format=torch.channels_last)
+
+    @torch.library.register_fake("crisp::depthwise_conv2d_nhwc")
+    def _(x, weight, bias, kernel_size, stride, padding, dilation, clamp_min, clamp_max):
+        out = x.new_empty(_conv_out_shape(x, x.shape[1], kernel_size, stride, padding, dilation))
         return out.contiguous(memory_format=torch.channels_last)
 
     @torch.library.register_fake("crisp::global_avg_pool_nhwc")
@@ -299,3 +306,20 @@ def max_pool2d(x: torch.Tensor, kernel_size: Sequence[int] | int, stride: Sequen
 def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
     """``F.adaptive_avg_pool2d(x, 1)`` on the kernels' threads."""
     return torch.ops.crisp.global_avg_pool_nhwc(x)
+
+
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                     stride: Sequence[int] | int = 1, padding: Sequence[int] | int = 0,
+                     dilation: Sequence[int] | int = 1, *, relu: bool = False,
+                     clamp_max: float | None = None) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding, dilation, groups=C)`` for a depthwise
+    ``weight`` of shape ``[C, 1, kh, kw]``, on the kernels' threads; returns channels_last."""
+
+    def pair(v):
+        return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
+
+    c, _, kh, kw = weight.shape
+    taps = weight.detach().reshape(c, kh * kw).t().contiguous().to(torch.float32)
+    lo, hi = clamp_bounds(relu, clamp_max)
+    return torch.ops.crisp.depthwise_conv2d_nhwc(x, taps, bias, [kh, kw], pair(stride), pair(padding), pair(dilation),
+                                                 lo, hi)

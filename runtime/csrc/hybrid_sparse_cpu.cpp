@@ -931,6 +931,117 @@ at::Tensor global_avg_pool_nhwc(const at::Tensor& x_in) {
   return out;
 }
 
+
+// ============================================================================ depthwise conv (channels-last)
+// The dense depthwise convs between crisp's layers (MobileNetV2), with bias and clamp fused:
+// out[n, y, x, c] = clamp(bias[c] + sum_t w[t, c] * x_pad[n, y*sh + a*dh, x*sw + b*dw, c]), t = a*kw + b.
+// Channels are the inner loop (vectorized by the compiler); rows of the output are the work items.
+at::Tensor depthwise_conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                 c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                 c10::IntArrayRef dilation, double clamp_min, double clamp_max) {
+  TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat, "crisp: depthwise_conv2d_nhwc needs a float32 [N, C, H, W] input");
+  const int64_t kh = pair_arg(kernel_size, 0, "kernel_size"), kw = pair_arg(kernel_size, 1, "kernel_size");
+  const int64_t sh = pair_arg(stride, 0, "stride"), sw = pair_arg(stride, 1, "stride");
+  const int64_t ph = pair_arg(padding, 0, "padding"), pw = pair_arg(padding, 1, "padding");
+  const int64_t dh = pair_arg(dilation, 0, "dilation"), dw = pair_arg(dilation, 1, "dilation");
+  TORCH_CHECK(sh >= 1 && sw >= 1 && dh >= 1 && dw >= 1 && ph >= 0 && pw >= 0 && kh >= 1 && kw >= 1,
+              "crisp: invalid conv geometry");
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t n_s = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.dim() == 2 && weight.size(0) == kh * kw && weight.size(1) == c &&
+                  weight.is_contiguous(),
+              "crisp: depthwise weight must be a contiguous float32 [kh*kw, C] tensor");
+  const int64_t oh = (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1, ow = (w + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+  TORCH_CHECK(oh >= 1 && ow >= 1, "crisp: conv output would be empty for input ", h, "x", w);
+  at::Tensor out = at::empty({n_s, c, oh, ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor bias_c;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->numel() == c, "crisp: bias must have ", c, " entries");
+    bias_c = bias->to(at::kFloat).contiguous();
+  }
+  const float* bd = bias_c.defined() ? bias_c.data_ptr<float>() : nullptr;
+  const float* xd = x.data_ptr<float>();
+  const float* wd = weight.data_ptr<float>();
+  float* od = out.data_ptr<float>();
+  const Clamp clamp = make_clamp(clamp_min, clamp_max);
+  const int64_t threads = n_s * oh * ow * c * kh * kw < 200000 ? 1 : std::numeric_limits<int64_t>::max();
+  const at::Tensor zeros = at::zeros({c + 16}, x.options());
+  const float* zd = zeros.data_ptr<float>();
+  const int64_t taps = kh * kw;
+  std::vector<int64_t> tapoff(taps), tap_dy(taps), tap_dx(taps);  // each tap's place in the window
+  for (int64_t ta = 0; ta < kh; ++ta)
+    for (int64_t tb = 0; tb < kw; ++tb) {
+      tapoff[ta * kw + tb] = (ta * dh * w + tb * dw) * c;
+      tap_dy[ta * kw + tb] = ta * dh;
+      tap_dx[ta * kw + tb] = tb * dw;
+    }
+  // output columns whose whole window lies inside the input columns
+  const int64_t x_lo = std::min(ow, (pw + sw - 1) / sw);
+  const int64_t x_hi = std::max(x_lo, std::min(ow, (w + pw - (kw - 1) * dw - 1) / sw + 1));
+  parallel_items(n_s * oh, [&](int64_t r) {
+    const int64_t ns = r / oh, y = r % oh;
+    const int64_t iy0 = y * sh - ph;
+    const bool row_inside = iy0 >= 0 && iy0 + (kh - 1) * dh < h;
+    float* orow = od + (ns * oh + y) * ow * c;
+    using V = VecOf<16>::type;
+    constexpr int PX = 4;  // pixels sharing each weight load
+    const float* ptr[PX][64];
+    std::vector<const float*> spill;
+    const float** taps_of[PX];
+    if (taps > 64) spill.resize(PX * taps);
+    for (int p = 0; p < PX; ++p) taps_of[p] = taps > 64 ? spill.data() + p * taps : ptr[p];
+    auto locate = [&](int p, int64_t xo) {  // where the taps of pixel xo read
+      const int64_t ix0 = xo * sw - pw;
+      const float* origin = xd + ((ns * h + iy0) * w + ix0) * c;
+      if (row_inside && xo >= x_lo && xo < x_hi) {
+        for (int64_t t = 0; t < taps; ++t) taps_of[p][t] = origin + tapoff[t];
+        return;
+      }
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t iy = iy0 + tap_dy[t], ix = ix0 + tap_dx[t];
+        taps_of[p][t] = iy >= 0 && iy < h && ix >= 0 && ix < w ? origin + tapoff[t] : zd;
+      }
+    };
+    for (int64_t xo = 0; xo < ow; xo += PX) {
+      const int live = static_cast<int>(std::min<int64_t>(PX, ow - xo));
+      for (int p = 0; p < live; ++p) locate(p, xo + p);
+      int64_t ci = 0;
+      if (live == PX) {
+        for (; ci + 16 <= c; ci += 16) {
+          const V b = bd ? loadu<16>(bd + ci) : V{};
+          V acc[PX];
+          for (int p = 0; p < PX; ++p) acc[p] = b;
+          for (int64_t t = 0; t < taps; ++t) {
+            const V wv = loadu<16>(wd + t * c + ci);
+            for (int p = 0; p < PX; ++p) acc[p] += wv * loadu<16>(taps_of[p][t] + ci);
+          }
+          for (int p = 0; p < PX; ++p) {
+            if (clamp.on) acc[p] = clamp.apply<16>(acc[p]);
+            std::memcpy(orow + (xo + p) * c + ci, &acc[p], sizeof(V));
+          }
+        }
+      }
+      for (int p = 0; p < live; ++p) {  // what is left: pixels one at a time, then channels one at a time
+        int64_t cj = ci;
+        if (live != PX) {
+          for (; cj + 16 <= c; cj += 16) {
+            V acc = bd ? loadu<16>(bd + cj) : V{};
+            for (int64_t t = 0; t < taps; ++t) acc += loadu<16>(wd + t * c + cj) * loadu<16>(taps_of[p][t] + cj);
+            if (clamp.on) acc = clamp.apply<16>(acc);
+            std::memcpy(orow + (xo + p) * c + cj, &acc, sizeof(V));
+          }
+        }
+        for (; cj < c; ++cj) {
+          float acc = bd ? bd[cj] : 0.f;
+          for (int64_t t = 0; t < taps; ++t) acc += wd[t * c + cj] * taps_of[p][t][cj];
+          orow[(xo + p) * c + cj] = clamp(acc);
+        }
+      }
+    }
+  }, threads);
+  return out;
+}
+
 bool channel_kernel_available() { return kHaveChannelKernel; }
 
 at::Tensor conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& vals, const at::Tensor& idx, const at::Tensor& gtap,
@@ -1034,6 +1145,9 @@ TORCH_LIBRARY_FRAGMENT(crisp, m) {
   m.def("max_pool2d_nhwc(Tensor x, int[] kernel_size, int[] stride, int[] padding) -> Tensor");
   m.def("global_avg_pool_nhwc(Tensor x) -> Tensor");
   m.def(
+      "depthwise_conv2d_nhwc(Tensor x, Tensor weight, Tensor? bias, int[] kernel_size, int[] stride, int[] padding, "
+      "int[] dilation, float clamp_min, float clamp_max) -> Tensor");
+  m.def(
       "hybrid_sparse_linear_fast(Tensor x, Tensor row_ptr, Tensor cols, Tensor vals, int in_features, Tensor? bias, "
       "float clamp_min, float clamp_max) -> Tensor");
 }
@@ -1044,6 +1158,7 @@ TORCH_LIBRARY_IMPL(crisp, CPU, m) {
   m.impl("hybrid_sparse_conv2d_nhwc", &crisp_cpu::conv2d_nhwc);
   m.impl("max_pool2d_nhwc", &crisp_cpu::max_pool2d_nhwc);
   m.impl("global_avg_pool_nhwc", &crisp_cpu::global_avg_pool_nhwc);
+  m.impl("depthwise_conv2d_nhwc", &crisp_cpu::depthwise_conv2d_nhwc);
 }
 
 TORCH_LIBRARY_IMPL(crisp, CompositeExplicitAutograd, m) {

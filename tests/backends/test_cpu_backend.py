@@ -48,7 +48,9 @@ def test_small_cnn_graph_is_rewritten_on_a_copy():
     assert any(name.endswith(".offsets") for name, _ in lowered.named_buffers())
     # the fused copy: one fast op per pruned layer, no unfold, no reference gemm, no compact buffers
     fast = [t for t in targets(fused) if t in FAST]
-    assert len(fast) == len(pruned)
+    dense = [info.name for info in compiled.layers if info.compact is None]  # e.g. a first conv with K < block
+    assert sorted(d.split("+")[0] for d in compiled.artifacts["dense_convs"]) == sorted(dense)  # on the same kernels
+    assert len(fast) == len(pruned) + len(dense)
     assert GEMM not in targets(fused) and torch.nn.functional.unfold not in targets(fused)
     assert not any(name.endswith((".offsets", ".block_cols", ".values")) for name, _ in fused.named_buffers())
     with torch.no_grad():
@@ -86,6 +88,9 @@ def test_whole_model_equals_masked_dense(name, kwargs, fusions):
         assert fusion in kinds, (fusion, kinds)
     if name == "mobilenet_v2":  # its depthwise convs stay dense; their BatchNorms are folded
         assert len(compiled.artifacts["folded_batchnorms"]) >= 17  # one per inverted-residual block
+        depthwise = [d for d in compiled.artifacts["dense_convs"] if d.endswith("conv.1.0+relu6")]
+        assert len(depthwise) == 16  # every depthwise conv but the first block's, with its ReLU6
+        assert not any(isinstance(m, torch.nn.Conv2d) for m in compiled.module.modules())
     if name == "resnet50":  # its pools run on crisp's threads too
         assert compiled.artifacts["lowered_pools"] == ["maxpool", "avgpool"]
     with torch.no_grad():

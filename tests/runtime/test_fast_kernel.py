@@ -273,3 +273,30 @@ def test_global_avg_pool_equals_torch(batch, channels, h, w, channels_last, seed
     got = fast_kernel.global_avg_pool(x)
     assert got.shape == (batch, channels, 1, 1)
     assert relative_error(got, F.adaptive_avg_pool2d(x, 1)) < 1e-5
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batch=st.integers(1, 2), channels=st.integers(1, 90), h=st.integers(1, 12), w=st.integers(1, 12),
+    kernel=st.tuples(st.integers(1, 5), st.integers(1, 5)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    pad=st.tuples(st.integers(0, 3), st.integers(0, 3)), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    bias=st.booleans(), act=st.sampled_from(["none", "relu", "relu6"]), channels_last=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_depthwise_conv_equals_torch(batch, channels, h, w, kernel, stride, pad, dilation, bias, act, channels_last, seed):
+    """crisp's depthwise kernel equals F.conv2d(groups=C) with the fused clamp, padding and dilation included."""
+    if any(s + 2 * p - d * (k - 1) - 1 < 0 for s, p, d, k in zip((h, w), pad, dilation, kernel)):
+        return  # empty output
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, h, w, generator=gen)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(channels, 1, *kernel, generator=gen)
+    b = torch.randn(channels, generator=gen) if bias else None
+    want = F.conv2d(x, weight, b, stride, pad, dilation, groups=channels)
+    if act != "none":
+        want = want.clamp(0, 6 if act == "relu6" else None)
+    got = fast_kernel.depthwise_conv2d(x, weight, b, stride, pad, dilation, relu=act != "none",
+                                       clamp_max=6.0 if act == "relu6" else None)
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(got, want) < 1e-5
