@@ -146,7 +146,10 @@ def _conv_call(graph: fx.Graph, packed, x, attrs, bias, residual, geometry) -> f
     return graph.call_function(torch.ops.crisp.hybrid_sparse_conv2d_fast.default, args)
 
 
-DENSE_PATTERN = Pattern(4, 4, 16)  # every weight kept: how a dense conv runs on the sparse kernels
+def _dense_pattern(k: int) -> Pattern:
+    """Every weight kept: how a dense conv runs on the sparse kernels. Blocks of 32 (two row
+    vectors share each input load) unless that would pad K."""
+    return Pattern(4, 4, 32 if k % 32 == 0 else 16)
 
 
 def _lower_dense_convs(gm: fx.GraphModule, fuse_activations: bool) -> list[str]:
@@ -165,7 +168,8 @@ def _lower_dense_convs(gm: fx.GraphModule, fuse_activations: bool) -> list[str]:
                 or meta is None or len(meta.shape) != 4 or meta.dtype != torch.float32):
             continue
         weight = conv.weight.detach().float()
-        compact = HybridSparseTensor.from_dense(weight, torch.ones_like(weight, dtype=torch.bool), DENSE_PATTERN)
+        pattern = _dense_pattern(weight[0].numel())
+        compact = HybridSparseTensor.from_dense(weight, torch.ones_like(weight, dtype=torch.bool), pattern)
         packed = _pack(compact, conv.in_channels, True)
         parent, _, leaf = node.target.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, leaf, PackedLayer(packed, conv.bias))

@@ -749,7 +749,7 @@ inline __m512 pick(__m512 x, __m512i i) { return _mm512_permutexvar_ps(i, x); }
 // acc[u][q] (16 channels of row vector rv + u at position q) += the kept weights times inputs,
 // for RV row vectors of one block-row (they share its groups, so each group's inputs are
 // loaded once for all of them).
-template <int P, int NN, bool WIDE, int RV>
+template <int P, int NN, bool WIDE, int RV, bool DENSE = false>
 inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t rv, __mmask16 live,
                       __m512 (&acc)[RV][P]) {
   const int64_t br = rv / w.rvs_per_br;
@@ -762,7 +762,22 @@ inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t r
   for (int64_t g = 0; g < w.groups; ++g) {
     const float* const* ptr = table + gtap[g] * P;
     const int64_t cin = gcin[g];
-    if constexpr (NN > 0) {
+    if constexpr (DENSE) {  // every weight of the group kept (n == m): entry j multiplies input j
+      __m512 v[RV][NN];
+#pragma GCC unroll 4
+      for (int u = 0; u < RV; ++u)
+#pragma GCC unroll 4
+        for (int j = 0; j < NN; ++j) v[u][j] = _mm512_loadu_ps(vals + u * rv_stride + (g * NN + j) * 16);
+#pragma GCC unroll 16
+      for (int q = 0; q < P; ++q) {
+#pragma GCC unroll 4
+        for (int j = 0; j < NN; ++j) {
+          const __m512 xj = _mm512_set1_ps(ptr[q][cin + j]);
+#pragma GCC unroll 4
+          for (int u = 0; u < RV; ++u) acc[u][q] = _mm512_fmadd_ps(v[u][j], xj, acc[u][q]);
+        }
+      }
+    } else if constexpr (NN > 0) {
       __m512 v[RV][NN];
       __m512i ix[RV][NN];
 #pragma GCC unroll 4
@@ -819,7 +834,7 @@ inline void chan_store(const ChanSink& sink, int64_t sample_out, int64_t p0, int
   }
 }
 
-template <int NN, bool WIDE, int RV, int P = 8>
+template <int NN, bool WIDE, int RV, int P = 8, bool DENSE = false>
 void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink, int64_t samples, int64_t m) {
   constexpr int64_t kMaxSpan = 64;  // positions per work item, at most
   constexpr int64_t kFac = 4;       // aim for at least kFac work items per thread
@@ -858,7 +873,7 @@ void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink,
         __m512 acc[RV][P];
         for (int i = 0; i < RV; ++i)
           for (int q = 0; q < P; ++q) acc[i][q] = _mm512_setzero_ps();
-        chan_tile<P, NN, WIDE, RV>(table, w, rv, live_lanes, acc);
+        chan_tile<P, NN, WIDE, RV, DENSE>(table, w, rv, live_lanes, acc);
         for (int i = 0; i < RV; ++i) chan_store<P>(sink, sample_out, p0, live, rv + i, acc[i]);
       }
     }
@@ -1120,7 +1135,17 @@ at::Tensor conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& vals, const at:
     case 1: pairs ? chan_run<1, false, 2>(src, wts, sink, n_s, m) : chan_run<1, false, 1>(src, wts, sink, n_s, m); break;
     case 2: pairs ? chan_run<2, false, 2>(src, wts, sink, n_s, m) : chan_run<2, false, 1>(src, wts, sink, n_s, m); break;
     case 3: pairs ? chan_run<3, false, 2>(src, wts, sink, n_s, m) : chan_run<3, false, 1>(src, wts, sink, n_s, m); break;
-    case 4: chan_run<4, false, 1>(src, wts, sink, n_s, m); break;
+    case 4: {  // 4 of 4: a dense layer; the packing keeps entries in order, so entry j is input j
+      const uint8_t* ix = idx.data_ptr<uint8_t>();
+      bool in_order = true;
+      for (int64_t i = 0, e = idx.numel(); i < e && in_order; ++i) in_order = ix[i] == ((i / 16) % 4);
+      if (in_order) {
+        pairs ? chan_run<4, false, 2, 8, true>(src, wts, sink, n_s, m) : chan_run<4, false, 1, 8, true>(src, wts, sink, n_s, m);
+      } else {
+        chan_run<4, false, 1>(src, wts, sink, n_s, m);
+      }
+      break;
+    }
     default: chan_run<0, true, 1>(src, wts, sink, n_s, m); break;
   }
   return out;
