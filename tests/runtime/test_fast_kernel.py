@@ -100,7 +100,7 @@ def test_conv_equals_reference(nm, block, cin, cout, kh, kw, stride, padding, di
 @pytest.mark.skipif(not fast_kernel.channel_kernel_available(), reason="no channel-vector kernel (needs AVX-512)")
 @settings(max_examples=60, deadline=None)
 @given(
-    nm=st.sampled_from([(1, 4), (2, 4), (3, 4), (2, 8), (1, 2), (4, 16)]), block=BLOCKS, groups=st.integers(1, 10),
+    nm=st.sampled_from([(1, 4), (2, 4), (3, 4), (4, 4), (2, 8), (1, 2), (4, 16)]), block=BLOCKS, groups=st.integers(1, 10),
     cout=st.integers(1, 70), kh=st.sampled_from([1, 3]), kw=st.sampled_from([1, 2, 3]),
     stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
     dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), batch=st.integers(1, 3),
@@ -300,3 +300,18 @@ def test_depthwise_conv_equals_torch(batch, channels, h, w, kernel, stride, pad,
                                        clamp_max=6.0 if act == "relu6" else None)
     assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
     assert relative_error(got, want) < 1e-5
+
+
+@pytest.mark.skipif(not fast_kernel.channel_kernel_available(), reason="no channel-vector kernel (needs AVX-512)")
+@pytest.mark.parametrize("block", [16, 32])
+def test_channel_kernel_on_a_fully_kept_weight_equals_conv2d(block):
+    """Dense convs run on the channel kernel as 4:4 weights (the broadcast path, no permutes)."""
+    gen = torch.Generator().manual_seed(block)
+    weight = torch.randn(40, 32, 3, 3, generator=gen)
+    packed = ChannelPackedWeight.from_compact(
+        HybridSparseTensor.from_dense(weight, torch.ones_like(weight, dtype=torch.bool), Pattern(4, 4, block)), 32)
+    assert bool((packed.idx == torch.arange(4, dtype=torch.uint8).view(1, 1, 4, 1)).all())  # entries in order
+    x = torch.randn(2, 32, 11, 9, generator=gen).contiguous(memory_format=torch.channels_last)
+    bias = torch.randn(40, generator=gen)
+    got = fast_kernel.conv2d(x, packed, bias, 3, 2, 1, 1, relu=True)
+    assert relative_error(got, torch.relu(F.conv2d(x, weight, bias, 2, 1))) < 1e-5
