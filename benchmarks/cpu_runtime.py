@@ -291,13 +291,14 @@ def markdown(data) -> str:
              f"{cfg['batches']} (batches other than 1 for blocks {cfg['big_batch_blocks']}), threads {cfg['threads']}; "
              f"reference kernel timed at: {cfg['reference']}; scipy.sparse is single-threaded, so its 2-thread rows repeat "
              "the 1-thread measurement.", "",
-             "**Reading these numbers.** The machine has 2 cores shared with other jobs (see the load averages). "
-             "When another process holds a core, every OpenMP fork-join (torch eager ops, torch BSR, the dense "
-             "per-layer convs) waits for its descheduled second thread, so 2-thread wall times of those peers are "
-             "inflated, sometimes by 10x; crisp's kernels share work claim by claim and do not wait for a helper "
-             "that has not started, so 2-thread speedups over OpenMP-based peers (and 2-thread per-layer "
-             "efficiencies) flatter crisp here. The 1-thread rows in process CPU time are the robust comparison; "
-             "the targets are evaluated both ways.", "",
+             "**Reading these numbers.** The machine is a 2-vCPU virtual machine whose speed drifts: over "
+             "a few seconds, runs of the same model at 2 threads move between two levels (for crisp on ResNet-50 "
+             "about 10 ms and about 15 ms) with nothing else running. Whole-model times are therefore taken "
+             "in 3 rounds (every fast method gets a third of its budget in each round, its runs together) and "
+             "the median is over all rounds, so that every method sees the same phases; `round_medians_ms` in the "
+             "JSON shows the drift. The reference kernel and scipy, hundreds of ms a run, are timed last, once. "
+             "Per-layer times are single measurements per layer and more exposed to the drift. The 1-thread "
+             "rows in process CPU time are the most robust comparison; the targets are evaluated both ways.", "",
              *[f"Later run: {v['note']} ({v['date']})." for v in _later_runs(data)], "",
              "## Targets (ResNet-50, 90 %, 2:4, B=32, batch 1, 2 threads)", "",
              "| target | measured | met |", "|---|---|---|"]

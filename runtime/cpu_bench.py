@@ -264,6 +264,7 @@ def per_layer_times(model: nn.Module, compiled, x: torch.Tensor, **measure_kw) -
 # ---------------------------------------------------------------------------- whole model
 METHODS = ("torch_dense", "onnxruntime_dense", "torch_bsr", "scipy_bsr", "crisp_reference", "crisp_cpu")
 DENSE_METHODS = ("torch_dense", "onnxruntime_dense")  # run the unpruned model
+SLOW_METHODS = ("scipy_bsr", "crisp_reference")  # hundreds of ms a run: timed once, after the others
 REFERENCE_MEMORY_LIMIT = 2 << 30  # bytes one reference-kernel gather may take before we skip it
 
 
@@ -279,9 +280,16 @@ def reference_gather_bytes(compiled, batch: int) -> int:
 
 
 def compare_model(model: nn.Module, x: torch.Tensor, compiled, *, block: int, threads: int,
-                  methods=METHODS, budget_s: float = 3.0, min_runs: int = 5) -> dict[str, dict]:
+                  methods=METHODS, budget_s: float = 3.0, min_runs: int = 5, rounds: int = 3) -> dict[str, dict]:
     """Time every method on input ``x`` with ``threads`` threads; each entry holds the timing (or
-    why it was skipped) and the largest relative deviation from the masked dense model."""
+    why it was skipped) and the largest relative deviation from the masked dense model.
+
+    The fast methods are timed in ``rounds`` rounds, each giving every method a share of its
+    budget in turn, and their medians are over all rounds: on a shared machine whose speed
+    drifts (other jobs, a clock that drops under sustained load), every method then sees the
+    same phases. Runs of one method stay together, so no method measures another's aftermath
+    (caches, a thread pool still spinning). The slow methods (reference kernel, scipy) come last,
+    timed once."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -289,6 +297,7 @@ def compare_model(model: nn.Module, x: torch.Tensor, compiled, *, block: int, th
             want_sparse = masked_copy(model, compiled.masks)(x)
             want_dense = copy.deepcopy(model).eval()(x)
         out: dict[str, dict] = {}
+        runs: dict[str, Callable[[], object]] = {}
         for method in methods:
             if method == "crisp_reference" and reference_gather_bytes(compiled, x.shape[0]) > REFERENCE_MEMORY_LIMIT:
                 gib = reference_gather_bytes(compiled, x.shape[0]) / 2**30
@@ -299,13 +308,24 @@ def compare_model(model: nn.Module, x: torch.Tensor, compiled, *, block: int, th
                 y = run()
             y = torch.as_tensor(y[0]) if isinstance(y, list) else y
             want = want_dense if method in DENSE_METHODS else want_sparse
-            error = float((y - want).abs().max() / want.abs().max())
-            slow = method in ("crisp_reference", "scipy_bsr")
-            with torch.no_grad():
-                timing = measure(run, warmup=1 if slow else 2, min_runs=3 if slow else min_runs, budget_s=budget_s)
-            out[method] = {**timing.as_dict(), "relative_error": error}
-            del out[method]["times_ms"]
-        return out
+            out[method] = {"relative_error": float((y - want).abs().max() / want.abs().max())}
+            runs[method] = run
+        fast = [m for m in runs if m not in SLOW_METHODS]
+        timings: dict[str, list[Timing]] = {m: [] for m in runs}
+        with torch.no_grad():
+            for _ in range(rounds):
+                for method in fast:
+                    timings[method].append(measure(runs[method], warmup=2, min_runs=max(1, -(-min_runs // rounds)),
+                                                   budget_s=budget_s / rounds))
+            for method in (m for m in runs if m in SLOW_METHODS):
+                timings[method].append(measure(runs[method], warmup=1, min_runs=3, budget_s=budget_s))
+        for method, parts in timings.items():
+            times = [t for part in parts for t in part.times_ms]
+            cpu = [part.cpu_median_ms for part in parts]
+            out[method].update({"median_ms": statistics.median(times), "min_ms": min(times), "runs": len(times),
+                                "cpu_median_ms": statistics.median(cpu), "rounds": len(parts),
+                                "round_medians_ms": [round(part.median_ms, 3) for part in parts]})
+        return {method: out[method] for method in methods if method in out}
     finally:
         torch.set_num_threads(before)
 
