@@ -113,6 +113,8 @@ class WorkPool {
       published_.store(generation_, std::memory_order_release);
     }
     cv_.notify_all();
+    stat_jobs.fetch_add(1, std::memory_order_relaxed);
+    stat_items.fetch_add(items, std::memory_order_relaxed);
     in_job_ = true;
     work(call, items);
     in_job_ = false;
@@ -130,10 +132,10 @@ class WorkPool {
   }
 
  private:
-  void work(const std::function<void(int64_t)>& fn, int64_t items) {
-    for (;;) {
+  int64_t work(const std::function<void(int64_t)>& fn, int64_t items) {  // returns the items it did
+    for (int64_t done = 0;; ++done) {
       const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
-      if (i >= items) return;
+      if (i >= items) return done;
       try {
         fn(i);
       } catch (...) {
@@ -177,16 +179,27 @@ class WorkPool {
           std::this_thread::yield();
         }
       }
+      fn = nullptr;
+      items = 0;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return open_ && generation_ != seen && joined_ < wanted_; });
+        cv_.wait(lock, [&] { return generation_ != seen; });
         seen = generation_;
-        ++joined_;
-        active_.fetch_add(1, std::memory_order_acq_rel);
-        fn = job_;
-        items = total_;
+        // A helper that wakes too late (the caller already did every item) does not sleep again
+        // right away: it goes back to spinning, so that it is awake for the next layer. (Waiting
+        // for a job that is still open instead would leave a slow-to-wake helper, as on a
+        // virtual machine whose idle vCPU halts, late for every layer.)
+        if (!(open_ && joined_ < wanted_)) stat_late.fetch_add(1, std::memory_order_relaxed);
+        if (open_ && joined_ < wanted_) {
+          stat_joins.fetch_add(1, std::memory_order_relaxed);
+          ++joined_;
+          active_.fetch_add(1, std::memory_order_acq_rel);
+          fn = job_;
+          items = total_;
+        }
       }
-      work(*fn, items);
+      if (fn == nullptr) continue;
+      stat_helper_items.fetch_add(work(*fn, items), std::memory_order_relaxed);
       active_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
@@ -200,6 +213,13 @@ class WorkPool {
   std::atomic<uint64_t> published_{0};  // generation_, readable without the lock (spinning helpers)
   bool open_ = false;
   std::atomic<int64_t> next_{0};
+
+ public:
+  // How the work was shared (for diagnosis): parallel jobs, their items, items helpers did,
+  // helper joins, and helper wake-ups that came after the job had closed.
+  std::atomic<int64_t> stat_jobs{0}, stat_items{0}, stat_helper_items{0}, stat_joins{0}, stat_late{0};
+
+ private:
   std::atomic<int> active_{0};
   std::exception_ptr error_;
   static thread_local bool in_job_;
@@ -1059,6 +1079,12 @@ at::Tensor depthwise_conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& weigh
 
 bool channel_kernel_available() { return kHaveChannelKernel; }
 
+// [parallel jobs, items, items done by helpers, helper joins, late helper wake-ups] so far.
+std::vector<int64_t> pool_stats() {
+  WorkPool& p = WorkPool::get();
+  return {p.stat_jobs.load(), p.stat_items.load(), p.stat_helper_items.load(), p.stat_joins.load(), p.stat_late.load()};
+}
+
 at::Tensor conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& vals, const at::Tensor& idx, const at::Tensor& gtap,
                        const at::Tensor& gcin, int64_t rows, int64_t n, int64_t m, const std::optional<at::Tensor>& bias,
                        const std::optional<at::Tensor>& residual, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
@@ -1167,6 +1193,7 @@ TORCH_LIBRARY_FRAGMENT(crisp, m) {
       "Tensor? bias, Tensor? residual, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
       "float clamp_min, float clamp_max) -> Tensor");
   m.def("channel_kernel_available() -> bool");
+  m.def("pool_stats() -> int[]");
   m.def("max_pool2d_nhwc(Tensor x, int[] kernel_size, int[] stride, int[] padding) -> Tensor");
   m.def("global_avg_pool_nhwc(Tensor x) -> Tensor");
   m.def(
@@ -1188,4 +1215,5 @@ TORCH_LIBRARY_IMPL(crisp, CPU, m) {
 
 TORCH_LIBRARY_IMPL(crisp, CompositeExplicitAutograd, m) {
   m.impl("channel_kernel_available", &crisp_cpu::channel_kernel_available);
+  m.impl("pool_stats", &crisp_cpu::pool_stats);
 }
