@@ -152,43 +152,67 @@ def _dense_pattern(k: int) -> Pattern:
     return Pattern(4, 4, 32 if k % 32 == 0 else 16)
 
 
+def _module_calls_on_4d_float(gm: fx.GraphModule, accept) -> list[tuple[fx.Node, nn.Module]]:
+    """(node, module) for every call of a module that ``accept`` takes, on one 4-d float32 tensor."""
+    calls = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        module = gm.get_submodule(node.target)
+        meta = node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], fx.Node) else None
+        if accept(module) and meta is not None and len(meta.shape) == 4 and meta.dtype == torch.float32:
+            calls.append((node, module))
+    return calls
+
+
+def _replace_module_call(gm: fx.GraphModule, node: fx.Node, fuse_activations: bool, make_call) -> str:
+    """Replace the module call ``node`` (and a ReLU/ReLU6 right after it) with the node
+    ``make_call(clamp_min, clamp_max)`` builds; returns what was replaced, e.g. "conv1+relu"."""
+    inf = float("inf")
+    end, clamp = node, (-inf, inf)
+    user = _sole_user(node) if fuse_activations else None
+    act = _activation(user, gm) if user is not None else None
+    if act is not None:
+        end, clamp = user, act[1:]
+    with gm.graph.inserting_before(node):
+        fused = make_call(*clamp)
+    fused.meta.update(end.meta)
+    end.replace_all_uses_with(fused)
+    if end is not node:
+        gm.graph.erase_node(end)
+    gm.graph.erase_node(node)
+    return node.target + ("+" + act[0] if act is not None else "")
+
+
+def _set_submodule(gm: fx.GraphModule, path: str, module: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
+
+
+def _is_plain_conv(module: nn.Module) -> bool:
+    return (isinstance(module, nn.Conv2d) and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+            and module.weight.dtype == torch.float32)
+
+
 def _lower_dense_convs(gm: fx.GraphModule, fuse_activations: bool) -> list[str]:
     """Run the dense (unpruned, groups=1) convs left in the graph, e.g. a stem conv whose K is
     smaller than one block, on crisp's kernels as fully kept weights, a following ReLU/ReLU6
     fused: no torch op (and no second thread pool) between two crisp layers."""
     lowered = []
-    inf = float("inf")
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
-            continue
-        conv = gm.get_submodule(node.target)
-        meta = node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], fx.Node) else None
-        if (not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.padding_mode != "zeros"
-                or isinstance(conv.padding, str) or conv.weight.dtype != torch.float32
-                or meta is None or len(meta.shape) != 4 or meta.dtype != torch.float32):
-            continue
+    for node, conv in _module_calls_on_4d_float(gm, lambda m: _is_plain_conv(m) and m.groups == 1):
         weight = conv.weight.detach().float()
-        pattern = _dense_pattern(weight[0].numel())
-        compact = HybridSparseTensor.from_dense(weight, torch.ones_like(weight, dtype=torch.bool), pattern)
+        compact = HybridSparseTensor.from_dense(weight, torch.ones_like(weight, dtype=torch.bool),
+                                                _dense_pattern(weight[0].numel()))
         packed = _pack(compact, conv.in_channels, True)
-        parent, _, leaf = node.target.rpartition(".")
-        setattr(gm.get_submodule(parent) if parent else gm, leaf, PackedLayer(packed, conv.bias))
-        end, clamp = node, (-inf, inf)
-        user = _sole_user(node) if fuse_activations else None
-        act = _activation(user, gm) if user is not None else None
-        if act is not None:
-            end, clamp = user, act[1:]
-        geometry = (list(conv.kernel_size), list(conv.stride), list(conv.padding), list(conv.dilation), *clamp)
-        with gm.graph.inserting_before(node):
+        _set_submodule(gm, node.target, PackedLayer(packed, conv.bias))
+
+        def call(lo, hi, node=node, conv=conv, packed=packed):
             attrs = [gm.graph.get_attr(f"{node.target}.{name}") for name in packed.tensors()]
             bias = gm.graph.get_attr(f"{node.target}.bias") if conv.bias is not None else None
-            fused = _conv_call(gm.graph, packed, node.args[0], attrs, bias, None, geometry)
-        fused.meta.update(end.meta)
-        end.replace_all_uses_with(fused)
-        if end is not node:
-            gm.graph.erase_node(end)
-        gm.graph.erase_node(node)
-        lowered.append(node.target + ("+" + act[0] if act is not None else ""))
+            geometry = (list(conv.kernel_size), list(conv.stride), list(conv.padding), list(conv.dilation), lo, hi)
+            return _conv_call(gm.graph, packed, node.args[0], attrs, bias, None, geometry)
+
+        lowered.append(_replace_module_call(gm, node, fuse_activations, call))
     return lowered
 
 
@@ -284,42 +308,21 @@ class DepthwiseLayer(nn.Module):
         self.geometry = ([kh, kw], list(conv.stride), list(conv.padding), list(conv.dilation))
 
 
-def _is_plain_depthwise(module: nn.Module) -> bool:
-    return (isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
-            and module.padding_mode == "zeros" and not isinstance(module.padding, str)
-            and module.weight.dtype == torch.float32)
-
-
 def _lower_depthwise(gm: fx.GraphModule, fuse_activations: bool) -> list[str]:
     """Run dense depthwise convs (and a ReLU/ReLU6 after them) with crisp's channels-last kernel."""
     lowered = []
-    inf = float("inf")
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
-            continue
-        module = gm.get_submodule(node.target)
-        meta = node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], fx.Node) else None
-        if not _is_plain_depthwise(module) or meta is None or len(meta.shape) != 4 or meta.dtype != torch.float32:
-            continue
-        layer = DepthwiseLayer(module)
-        parent, _, leaf = node.target.rpartition(".")
-        setattr(gm.get_submodule(parent) if parent else gm, leaf, layer)
-        end, clamp = node, (-inf, inf)
-        user = _sole_user(node) if fuse_activations else None
-        act = _activation(user, gm) if user is not None else None
-        if act is not None:
-            end, clamp = user, act[1:]
-        with gm.graph.inserting_before(node):
+    depthwise = lambda m: _is_plain_conv(m) and m.groups == m.in_channels == m.out_channels > 1  # noqa: E731
+    for node, conv in _module_calls_on_4d_float(gm, depthwise):
+        layer = DepthwiseLayer(conv)
+        _set_submodule(gm, node.target, layer)
+
+        def call(lo, hi, node=node, layer=layer):
             weight = gm.graph.get_attr(f"{node.target}.weight")
             bias = gm.graph.get_attr(f"{node.target}.bias") if layer.bias is not None else None
-            fused = gm.graph.call_function(torch.ops.crisp.depthwise_conv2d_nhwc.default,
-                                           (node.args[0], weight, bias, *layer.geometry, *clamp))
-        fused.meta.update(end.meta)
-        end.replace_all_uses_with(fused)
-        if end is not node:
-            gm.graph.erase_node(end)
-        gm.graph.erase_node(node)
-        lowered.append(node.target + ("+" + act[0] if act is not None else ""))
+            return gm.graph.call_function(torch.ops.crisp.depthwise_conv2d_nhwc.default,
+                                          (node.args[0], weight, bias, *layer.geometry, lo, hi))
+
+        lowered.append(_replace_module_call(gm, node, fuse_activations, call))
     return lowered
 
 
@@ -343,19 +346,10 @@ def _lower_pools(gm: fx.GraphModule) -> list[str]:
     """Run MaxPool2d and global AdaptiveAvgPool2d modules on 4-d float32 activations with crisp's
     channels-last pools, on the same threads as the convs."""
     lowered = []
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
-            continue
-        call = _pool_call(gm.get_submodule(node.target))
-        meta = node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], fx.Node) else None
-        if call is None or meta is None or len(meta.shape) != 4 or meta.dtype != torch.float32:
-            continue
-        with gm.graph.inserting_before(node):
-            pooled = gm.graph.call_function(call[0], (node.args[0], *call[1]))
-        pooled.meta.update(node.meta)
-        node.replace_all_uses_with(pooled)
-        gm.graph.erase_node(node)
-        lowered.append(node.target)
+    for node, module in _module_calls_on_4d_float(gm, lambda m: _pool_call(m) is not None):
+        op, extra = _pool_call(module)
+        lowered.append(_replace_module_call(
+            gm, node, False, lambda lo, hi, node=node, op=op, extra=extra: gm.graph.call_function(op, (node.args[0], *extra))))
     return lowered
 
 

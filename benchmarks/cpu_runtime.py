@@ -239,38 +239,31 @@ def check_targets(data) -> list[dict]:
                       f"all {kind} layers together reach {total:.0%}",
             "met": not below,
         })
-    for kind in ("conv1x1", "conv3x3"):  # the other reading of "block-skip limit": dense x kept-block share
-        mine = [t for t in layers or [] if t["kind"] == kind and t.get("block_density") == t.get("block_density")]
-        if not mine:
-            continue
-        eff = {t["name"]: t["dense_ms"] * t["block_density"] / t["crisp_ms"] for t in mine}
-        below = [n for n, e in eff.items() if e < TARGET_LAYER_EFFICIENCY]
-        worst = min(eff, key=eff.get)
-        total = sum(t["dense_ms"] * t["block_density"] for t in mine) / sum(t["crisp_ms"] for t in mine)
-        out.append({
-            "target": f"(informative: limit = dense x kept-block share) every ResNet-50 {kind} layer >= 70%",
-            "value": round(eff[worst], 3),
-            "detail": f"{len(below)} of {len(mine)} layers below 70%; worst {worst} at {eff[worst]:.0%}; "
-                      f"all {kind} layers together reach {total:.0%}",
-            "met": not below,
-        })
     one_thread = next((lr["layers"] for lr in data["layers"] if all(lr[k] == v for k, v in one.items())), None)
-    for kind in ("conv1x1", "conv3x3"):
-        mine = [t for t in one_thread or [] if t["kind"] == kind and t.get("crisp_cpu_ms") == t.get("crisp_cpu_ms")]
-        if not mine:
-            continue
-        eff = {t["name"]: t["dense_cpu_ms"] * t["density"] / t["crisp_cpu_ms"] for t in mine}
-        below = [n for n, e in eff.items() if e < TARGET_LAYER_EFFICIENCY]
-        worst = min(eff, key=eff.get)
-        total = sum(t["dense_cpu_ms"] * t["density"] for t in mine) / sum(t["crisp_cpu_ms"] for t in mine)
-        out.append({
-            "target": f"(1 thread, CPU time, informative) every ResNet-50 {kind} layer >= 70% of the block-skip limit",
-            "value": round(eff[worst], 3),
-            "detail": f"{len(below)} of {len(mine)} layers below 70%; worst {worst} at {eff[worst]:.0%}; "
-                      f"all {kind} layers together reach {total:.0%}",
-            "met": not below,
-        })
+    readings = (  # (label, layers, limit of a layer, crisp time of a layer)
+        ("(informative: limit = dense x kept-block share) every ResNet-50 {kind} layer >= 70%", layers,
+         lambda t: t["dense_ms"] * t["block_density"], lambda t: t["crisp_ms"]),
+        ("(1 thread, CPU time, informative) every ResNet-50 {kind} layer >= 70% of the block-skip limit", one_thread,
+         lambda t: t["dense_cpu_ms"] * t["density"], lambda t: t["crisp_cpu_ms"]),
+    )
+    for label, rows, limit, took in readings:
+        for kind in ("conv1x1", "conv3x3"):
+            mine = [t for t in rows or [] if t["kind"] == kind and limit(t) == limit(t) and took(t) == took(t)]
+            if mine:
+                out.append(_layer_target(label.format(kind=kind), kind, {t["name"]: (limit(t), took(t)) for t in mine}))
     return out
+
+
+def _layer_target(label: str, kind: str, times: dict[str, tuple[float, float]]) -> dict:
+    """A per-layer target line from {layer: (limit ms, crisp ms)}; NaN-free input."""
+    eff = {name: lim / took for name, (lim, took) in times.items()}
+    below = [n for n, e in eff.items() if e < TARGET_LAYER_EFFICIENCY]
+    worst = min(eff, key=eff.get)
+    total = sum(lim for lim, _ in times.values()) / sum(took for _, took in times.values())
+    return {"target": label, "value": round(eff[worst], 3),
+            "detail": f"{len(below)} of {len(eff)} layers below 70%; worst {worst} at {eff[worst]:.0%}; "
+                      f"all {kind} layers together reach {total:.0%}",
+            "met": not below}
 
 
 def _later_runs(data) -> list[dict]:

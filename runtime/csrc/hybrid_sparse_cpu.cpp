@@ -459,6 +459,19 @@ int64_t pair_arg(c10::IntArrayRef a, int64_t i, const char* what) {
   return a.size() == 1 ? a[0] : a[i];
 }
 
+// A conv's kernel size, stride, padding and dilation, each given as 1 or 2 numbers, checked.
+struct ConvGeometry {
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+  ConvGeometry(c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation)
+      : kh(pair_arg(kernel_size, 0, "kernel_size")), kw(pair_arg(kernel_size, 1, "kernel_size")),
+        sh(pair_arg(stride, 0, "stride")), sw(pair_arg(stride, 1, "stride")),
+        ph(pair_arg(padding, 0, "padding")), pw(pair_arg(padding, 1, "padding")),
+        dh(pair_arg(dilation, 0, "dilation")), dw(pair_arg(dilation, 1, "dilation")) {
+    TORCH_CHECK(sh >= 1 && sw >= 1 && dh >= 1 && dw >= 1 && ph >= 0 && pw >= 0 && kh >= 1 && kw >= 1,
+                "crisp: invalid conv geometry");
+  }
+};
+
 // dst[i, j] = x_pad[i*sh + py, j*sw + px] for i < hq, j < wq, where x_pad is x zero-padded by (ph, pw).
 void fill_plane(const float* x, int64_t h, int64_t w, int64_t py, int64_t px, int64_t sh, int64_t sw, int64_t ph,
                 int64_t pw, float* dst, int64_t hq, int64_t wq) {
@@ -491,12 +504,8 @@ at::Tensor conv2d_fast(const at::Tensor& x_in, const at::Tensor& row_ptr, const 
   TORCH_CHECK(x_in.scalar_type() == at::kFloat, "crisp: the cpu kernels run float32, got ", x_in.scalar_type());
   const at::Tensor x = x_in.contiguous();
   const int64_t n_s = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-  const int64_t kh = pair_arg(kernel_size, 0, "kernel_size"), kw = pair_arg(kernel_size, 1, "kernel_size");
-  const int64_t sh = pair_arg(stride, 0, "stride"), sw = pair_arg(stride, 1, "stride");
-  const int64_t ph = pair_arg(padding, 0, "padding"), pw = pair_arg(padding, 1, "padding");
-  const int64_t dh = pair_arg(dilation, 0, "dilation"), dw = pair_arg(dilation, 1, "dilation");
-  TORCH_CHECK(sh >= 1 && sw >= 1 && dh >= 1 && dw >= 1 && ph >= 0 && pw >= 0 && kh >= 1 && kw >= 1,
-              "crisp: invalid conv geometry");
+  const ConvGeometry geo(kernel_size, stride, padding, dilation);
+  const int64_t kh = geo.kh, kw = geo.kw, sh = geo.sh, sw = geo.sw, ph = geo.ph, pw = geo.pw, dh = geo.dh, dw = geo.dw;
   const int64_t k = kh * kw * c;
   TORCH_CHECK(k == in_features, "crisp: the packed weight has ", in_features, " input features but a ", kh, "x", kw,
               " conv over ", c, " channels has ", k);
@@ -975,12 +984,8 @@ at::Tensor depthwise_conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& weigh
                                  c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
                                  c10::IntArrayRef dilation, double clamp_min, double clamp_max) {
   TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat, "crisp: depthwise_conv2d_nhwc needs a float32 [N, C, H, W] input");
-  const int64_t kh = pair_arg(kernel_size, 0, "kernel_size"), kw = pair_arg(kernel_size, 1, "kernel_size");
-  const int64_t sh = pair_arg(stride, 0, "stride"), sw = pair_arg(stride, 1, "stride");
-  const int64_t ph = pair_arg(padding, 0, "padding"), pw = pair_arg(padding, 1, "padding");
-  const int64_t dh = pair_arg(dilation, 0, "dilation"), dw = pair_arg(dilation, 1, "dilation");
-  TORCH_CHECK(sh >= 1 && sw >= 1 && dh >= 1 && dw >= 1 && ph >= 0 && pw >= 0 && kh >= 1 && kw >= 1,
-              "crisp: invalid conv geometry");
+  const ConvGeometry geo(kernel_size, stride, padding, dilation);
+  const int64_t kh = geo.kh, kw = geo.kw, sh = geo.sh, sw = geo.sw, ph = geo.ph, pw = geo.pw, dh = geo.dh, dw = geo.dw;
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t n_s = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.dim() == 2 && weight.size(0) == kh * kw && weight.size(1) == c &&
@@ -1103,12 +1108,8 @@ at::Tensor conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& vals, const at:
   TORCH_CHECK(vals.size(2) == n && n >= 1 && m >= n && m <= 16, "crisp: unsupported n:m for the channel kernel");
   const int64_t n_s = x_in.size(0), c = x_in.size(1), h = x_in.size(2), w = x_in.size(3);
   TORCH_CHECK(c % m == 0, "crisp: the channel kernel needs input channels divisible by m");
-  const int64_t kh = pair_arg(kernel_size, 0, "kernel_size"), kw = pair_arg(kernel_size, 1, "kernel_size");
-  const int64_t sh = pair_arg(stride, 0, "stride"), sw = pair_arg(stride, 1, "stride");
-  const int64_t ph = pair_arg(padding, 0, "padding"), pw = pair_arg(padding, 1, "padding");
-  const int64_t dh = pair_arg(dilation, 0, "dilation"), dw = pair_arg(dilation, 1, "dilation");
-  TORCH_CHECK(sh >= 1 && sw >= 1 && dh >= 1 && dw >= 1 && ph >= 0 && pw >= 0 && kh >= 1 && kw >= 1,
-              "crisp: invalid conv geometry");
+  const ConvGeometry geo(kernel_size, stride, padding, dilation);
+  const int64_t kh = geo.kh, kw = geo.kw, sh = geo.sh, sw = geo.sw, ph = geo.ph, pw = geo.pw, dh = geo.dh, dw = geo.dw;
   const int64_t nbr = gtap.size(0), groups = gtap.size(1), rvs = vals.size(0);
   TORCH_CHECK(vals.size(1) == groups && nbr > 0 && rvs % nbr == 0 && rows >= 0 && (rows + 15) / 16 <= rvs,
               "crisp: packed weight shapes do not agree");
