@@ -459,6 +459,24 @@ int64_t pair_arg(c10::IntArrayRef a, int64_t i, const char* what) {
   return a.size() == 1 ? a[0] : a[i];
 }
 
+// The bias (float32, one per output channel) and residual (float32, the output's shape and
+// layout) a fused epilogue reads, checked; they stay alive as long as this object.
+struct Epilogue {
+  at::Tensor bias, residual;
+  Epilogue(const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& r, int64_t rows, const at::Tensor& out) {
+    if (b.has_value() && b->defined()) {
+      TORCH_CHECK(b->numel() == rows, "crisp: bias must have ", rows, " entries");
+      bias = b->to(at::kFloat).contiguous();
+    }
+    if (r.has_value() && r->defined()) {
+      TORCH_CHECK(r->sizes() == out.sizes(), "crisp: residual must have the output's shape ", out.sizes());
+      residual = r->to(at::kFloat).contiguous(out.suggest_memory_format());
+    }
+  }
+  const float* bias_ptr() const { return bias.defined() ? bias.data_ptr<float>() : nullptr; }
+  const float* residual_ptr() const { return residual.defined() ? residual.data_ptr<float>() : nullptr; }
+};
+
 // A conv's kernel size, stride, padding and dilation, each given as 1 or 2 numbers, checked.
 struct ConvGeometry {
   int64_t kh, kw, sh, sw, ph, pw, dh, dw;
@@ -600,17 +618,9 @@ at::Tensor conv2d_fast(const at::Tensor& x_in, const at::Tensor& row_ptr, const 
   sink.out_r = channels_last ? 1 : oh * ow;
   sink.out_p = channels_last ? rows : 1;
   sink.clamp = make_clamp(clamp_min, clamp_max);
-  at::Tensor bias_c, res_c;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->numel() == rows, "crisp: bias must have ", rows, " entries");
-    bias_c = bias->to(at::kFloat).contiguous();
-    sink.bias = bias_c.data_ptr<float>();
-  }
-  if (residual.has_value() && residual->defined()) {
-    TORCH_CHECK(residual->sizes() == out.sizes(), "crisp: residual must have the output's shape ", out.sizes());
-    res_c = residual->to(at::kFloat).contiguous(out.suggest_memory_format());
-    sink.residual = res_c.data_ptr<float>();
-  }
+  const Epilogue epilogue(bias, residual, rows, out);
+  sink.bias = epilogue.bias_ptr();
+  sink.residual = epilogue.residual_ptr();
   Weights wts{row_ptr.data_ptr<int64_t>(), cols.data_ptr<int32_t>(), vals.data_ptr<float>(), rows};
   run_tiles(src, wts, sink);
   return out;
@@ -1142,17 +1152,9 @@ at::Tensor conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& vals, const at:
   ChanWeights wts{vals.data_ptr<float>(), idx.data_ptr<uint8_t>(), gtap.data_ptr<int32_t>(), gcin.data_ptr<int32_t>(),
                   rvs_per_br, groups, n, rows, rvs};
   ChanSink sink{out.data_ptr<float>(), nullptr, nullptr, rows, make_clamp(clamp_min, clamp_max)};
-  at::Tensor bias_c, res_c;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->numel() == rows, "crisp: bias must have ", rows, " entries");
-    bias_c = bias->to(at::kFloat).contiguous();
-    sink.bias = bias_c.data_ptr<float>();
-  }
-  if (residual.has_value() && residual->defined()) {
-    TORCH_CHECK(residual->sizes() == out.sizes(), "crisp: residual must have the output's shape ", out.sizes());
-    res_c = residual->to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
-    sink.residual = res_c.data_ptr<float>();
-  }
+  const Epilogue epilogue(bias, residual, rows, out);
+  sink.bias = epilogue.bias_ptr();
+  sink.residual = epilogue.residual_ptr();
   if (!sink.clamp.on) {
     sink.clamp.lo = -std::numeric_limits<float>::infinity();
     sink.clamp.hi = std::numeric_limits<float>::infinity();
