@@ -223,8 +223,7 @@ def _fuse_layer(gm: fx.GraphModule, gemm: fx.Node, info: LayerInfo, fuse_activat
     holder_path = gemm.args[1].target.rsplit(".", 1)[0]  # "<layer>.values" -> "<layer>"
     holder = gm.get_submodule(holder_path)
     packed = _pack(holder.compact(), info.weight_shape[1], info.kind == "conv")
-    parent_path, _, leaf = holder_path.rpartition(".")
-    setattr(gm.get_submodule(parent_path) if parent_path else gm, leaf, PackedLayer(packed, holder.bias))
+    _set_submodule(gm, holder_path, PackedLayer(packed, holder.bias))
 
     # what follows the layer: ReLU, or add(+ReLU) with a same-shape tensor
     inf = float("inf")
@@ -286,8 +285,7 @@ def _fold_dense_batchnorms(gm: fx.GraphModule) -> list[str]:
         conv = gm.get_submodule(src.target)
         if not isinstance(conv, nn.Conv2d) or bn.training or not bn.track_running_stats:
             continue
-        parent, _, leaf = src.target.rpartition(".")
-        setattr(gm.get_submodule(parent) if parent else gm, leaf, fuse_conv_bn_eval(conv.eval(), bn))
+        _set_submodule(gm, src.target, fuse_conv_bn_eval(conv.eval(), bn))
         node.replace_all_uses_with(src)
         gm.graph.erase_node(node)
         folded.append(node.target)
@@ -328,15 +326,12 @@ def _lower_depthwise(gm: fx.GraphModule, fuse_activations: bool) -> list[str]:
 
 def _pool_call(module: nn.Module) -> tuple[Any, tuple] | None:
     """(op, extra args) of the crisp pool that computes ``module`` exactly, or None."""
-    def pair(v):
-        return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
-
     if isinstance(module, nn.MaxPool2d):
-        kernel, padding = pair(module.kernel_size), pair(module.padding)
-        if (module.ceil_mode or module.return_indices or pair(module.dilation) != [1, 1]
+        kernel, padding = fast_kernel.size_pair(module.kernel_size), fast_kernel.size_pair(module.padding)
+        if (module.ceil_mode or module.return_indices or fast_kernel.size_pair(module.dilation) != [1, 1]
                 or any(2 * p > k for p, k in zip(padding, kernel))):
             return None
-        return torch.ops.crisp.max_pool2d_nhwc.default, (kernel, pair(module.stride or module.kernel_size), padding)
+        return torch.ops.crisp.max_pool2d_nhwc.default, (kernel, fast_kernel.size_pair(module.stride or module.kernel_size), padding)
     if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1), [1, 1]):
         return torch.ops.crisp.global_avg_pool_nhwc.default, ()
     return None

@@ -240,6 +240,11 @@ def _reset_for_tests() -> None:
 INF = float("inf")
 
 
+def size_pair(v: Sequence[int] | int) -> list[int]:
+    """A conv/pool size argument (one int or a pair) as the two-int list the ops take."""
+    return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
+
+
 def clamp_bounds(relu: bool = False, clamp_max: float | None = None) -> tuple[float, float]:
     """The (clamp_min, clamp_max) the ops take: ReLU is (0, inf), ReLU6 is (0, 6), none is (-inf, inf)."""
     return (0.0 if relu else -INF), (INF if clamp_max is None else float(clamp_max))
@@ -269,11 +274,8 @@ def conv2d(
     :class:`ChannelPackedWeight` always returns a channels_last tensor; a
     :class:`PackedHybridWeight` does when ``channels_last`` is set."""
 
-    def pair(v):
-        return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
-
     lo, hi = clamp_bounds(relu, clamp_max)
-    geometry = (pair(kernel_size), pair(stride), pair(padding), pair(dilation), lo, hi)
+    geometry = (size_pair(kernel_size), size_pair(stride), size_pair(padding), size_pair(dilation), lo, hi)
     if isinstance(weight, ChannelPackedWeight):
         return torch.ops.crisp.hybrid_sparse_conv2d_nhwc(
             x, weight.vals, weight.idx, weight.gtap, weight.gcin, weight.rows, weight.n, weight.m, bias, residual, *geometry
@@ -296,11 +298,8 @@ def max_pool2d(x: torch.Tensor, kernel_size: Sequence[int] | int, stride: Sequen
                padding: Sequence[int] | int = 0) -> torch.Tensor:
     """``F.max_pool2d`` (dilation 1, floor mode) on the kernels' threads; returns channels_last."""
 
-    def pair(v):
-        return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
-
-    return torch.ops.crisp.max_pool2d_nhwc(x, pair(kernel_size), pair(kernel_size if stride is None else stride),
-                                           pair(padding))
+    return torch.ops.crisp.max_pool2d_nhwc(x, size_pair(kernel_size), size_pair(kernel_size if stride is None else stride),
+                                           size_pair(padding))
 
 
 def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
@@ -315,11 +314,8 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     """``F.conv2d(x, weight, bias, stride, padding, dilation, groups=C)`` for a depthwise
     ``weight`` of shape ``[C, 1, kh, kw]``, on the kernels' threads; returns channels_last."""
 
-    def pair(v):
-        return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
-
     c, _, kh, kw = weight.shape
     taps = weight.detach().reshape(c, kh * kw).t().contiguous().to(torch.float32)
     lo, hi = clamp_bounds(relu, clamp_max)
-    return torch.ops.crisp.depthwise_conv2d_nhwc(x, taps, bias, [kh, kw], pair(stride), pair(padding), pair(dilation),
+    return torch.ops.crisp.depthwise_conv2d_nhwc(x, taps, bias, [kh, kw], size_pair(stride), size_pair(padding), size_pair(dilation),
                                                  lo, hi)
