@@ -38,13 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from crisp.format import HybridSparseTensor
-from crisp.layer_info import META_KEY, LayerInfo
-from crisp.pattern import Pattern
+from crisp.sparsity.hybrid_tensor import HybridSparseTensor
+from crisp.ir.layer_info import META_KEY, LayerInfo
+from crisp.sparsity.pattern import Pattern
 from crisp.runtime import fast_kernel
 from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
 
-from .registry import BackendInput, BackendOutput, register_backend
+from crisp.backends.registry import BackendInput, BackendOutput, register_backend
 
 LOWERED_KEY = "crisp_lowered_from"
 GEMM_OP = torch.ops.crisp.hybrid_sparse_gemm.default

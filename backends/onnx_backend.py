@@ -26,11 +26,11 @@ from onnx import numpy_helper
 from torch import fx
 
 from crisp.errors import CrispError, ModelError
-from crisp.format import HybridSparseTensor
-from crisp.layer_info import META_KEY, LayerInfo
+from crisp.sparsity.hybrid_tensor import HybridSparseTensor
+from crisp.ir.layer_info import META_KEY, LayerInfo
 
-from .onnx_compact import MIN_OPSET, FunctionSet, finish_compact_model, write_compact_layer
-from .registry import BackendInput, BackendOutput, register_backend
+from crisp.onnx.compact import MIN_OPSET, FunctionSet, finish_compact_model, write_compact_layer
+from crisp.backends.registry import BackendInput, BackendOutput, register_backend
 
 LOWERED_KEY = "crisp_lowered_from"
 DEFAULT_OPSET = 17
@@ -111,8 +111,8 @@ def export_lowered_to_onnx(
     body: str = "auto",
 ) -> onnx.ModelProto:
     """The compact ONNX model of a lowered graph (see the module docstring); ``body`` as in
-    :func:`crisp.onnx_optimize.optimize_onnx_with_report`."""
-    from crisp.onnx_weights import find_layers
+    :func:`crisp.onnx.optimize.optimize_onnx_with_report`."""
+    from crisp.onnx.weights import find_layers
 
     if opset < MIN_OPSET:
         raise OnnxExportError(f"opset {opset} is too old for crisp's ONNX functions; use opset >= {MIN_OPSET}")
@@ -163,7 +163,7 @@ def _match_by_value(onnx_layers: dict, inits: dict, hst: HybridSparseTensor):
 
 
 def _metadata_for(layers: list[LayerInfo], report: Any = None) -> dict[str, str]:
-    from crisp.onnx_optimize import crisp_version
+    from crisp.onnx.optimize import crisp_version
 
     pruned = [i for i in layers if i.compact is not None]
     p = pruned[0].compact.pattern
@@ -182,7 +182,7 @@ def export_compiled_to_onnx(compiled: Any, path: str | os.PathLike | None = None
                             opset: int = DEFAULT_OPSET, external_data: bool | None = None, body: str = "auto") -> onnx.ModelProto:
     """``CompiledModel.to_onnx(path)``: the compact ONNX model of a compiled model, written
     atomically to ``path`` when given, and returned."""
-    from crisp.onnx_io import save_model
+    from crisp.onnx.io import save_model
 
     graph_module = getattr(compiled, "graph_module", None)
     layers = getattr(compiled, "layers", None)

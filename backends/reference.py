@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .registry import BackendInput, BackendOutput, register_backend
+from crisp.backends.registry import BackendInput, BackendOutput, register_backend
 
 
 @register_backend("reference")

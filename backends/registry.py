@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from crisp.errors import UnknownTargetError
-from crisp.layer_info import LayerInfo
+from crisp.ir.layer_info import LayerInfo
 
 
 @dataclass

@@ -9,8 +9,8 @@ trace there) and ``strict`` (refuse patterns the architecture cannot run nativel
 
 from __future__ import annotations
 
-from .registry import BackendInput, BackendOutput, register_backend
-from .stc_trace import trace_from_layers
+from crisp.backends.registry import BackendInput, BackendOutput, register_backend
+from crisp.backends.stc_trace import trace_from_layers
 
 
 @register_backend("crisp-stc")

@@ -271,7 +271,7 @@ def _pattern_header(specs: list[LayerSpec], pattern) -> dict | None:
     pats = sorted({s.pattern for s in specs if s.pattern})
     if pattern is not None:
         from crisp.errors import PatternError
-        from crisp.pattern import Pattern
+        from crisp.sparsity.pattern import Pattern
 
         if isinstance(pattern, Pattern):
             want = (pattern.n, pattern.m, pattern.block)

@@ -39,11 +39,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from digits_baselines import dense_finetune, filter_pruning, flops_ratio, out_positions, unstructured, weight_shapes  # noqa: E402
 
-from crisp.digits_data import load_digits_split, loader, subset  # noqa: E402
-from crisp.digits_task import class_accuracy, pretrain_small_cnn, write_text_atomic  # noqa: E402
-from crisp.pattern import Pattern  # noqa: E402
-from crisp.prune_api import prune  # noqa: E402
-from crisp.prune_targets import find_prunable  # noqa: E402
+from crisp.tasks.digits_data import load_digits_split, loader, subset  # noqa: E402
+from crisp.tasks.digits import class_accuracy, pretrain_small_cnn, write_text_atomic  # noqa: E402
+from crisp.sparsity.pattern import Pattern  # noqa: E402
+from crisp.pruning.prune import prune  # noqa: E402
+from crisp.pruning.targets import find_prunable  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 METHODS = ["dense_ft", "crisp_taylor", "crisp_magnitude", "block_only", "nm_only", "unstructured", "filter", "learned"]

@@ -31,7 +31,8 @@ import crisp
 from crisp.fileio import atomic_write_bytes, atomic_write_text
 from crisp.models import build
 from crisp.models.registry import input_shape
-from crisp.runtime import cpu_bench, fast_kernel
+from crisp.runtime import fast_kernel
+from crisp.bench import cpu_peers as cpu_bench
 
 RESULTS = Path(__file__).parent / "results"
 TARGET = {"model": "resnet50", "block": 32, "sparsity": 0.9, "batch": 1, "threads": 2}

@@ -9,8 +9,8 @@ import copy
 import torch
 from torch import nn
 
-from crisp.class_data import ClassBatches
-from crisp.prune_loop import SteMasker, run_schedule
+from crisp.pruning.class_data import ClassBatches
+from crisp.pruning.loop import SteMasker, run_schedule
 
 # the small CNN's chain: producer layer -> (its weight, the consumer weight, inputs per channel)
 FILTER_CHAIN = [

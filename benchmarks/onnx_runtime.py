@@ -45,8 +45,8 @@ import torch
 
 import crisp.models
 from crisp.fileio import atomic_write_text
-from crisp.onnx_io import save_model
-from crisp.onnx_optimize import optimize_onnx_with_report
+from crisp.onnx.io import save_model
+from crisp.onnx.optimize import optimize_onnx_with_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("resnet50", "mobilenet_v2", "vgg16")

@@ -8,7 +8,7 @@
    (16/32/64), an N:M sweep (1:4/2:4/3:4) and an SMEM-bandwidth sweep.
 4. Where the model and the paper disagree, and why.
 
-Masks come from the fast path of crisp.runtime.simulator.model_workloads (the same masks as
+Masks come from the fast path of crisp.bench.model_workloads (the same masks as
 crisp.compile with magnitude saliency, checked against compile for ResNet-50 with --check-compile).
 
 Writes benchmarks/results/simulator.{json,md,png}. Usage:
@@ -34,7 +34,7 @@ from crisp.backends.stc_trace import Trace, trace_from_layers
 from crisp.fileio import atomic_write_text
 from crisp.runtime.simulator import get_arch
 from crisp.runtime.simulator.calibration import dstc_cycle_calibration, dstc_ratio_calibration, stc_calibration
-from crisp.runtime.simulator.model_workloads import model_specs
+from crisp.bench.model_workloads import model_specs
 from crisp.runtime.simulator.workload import specs_from_layers
 from crisp.simulate_api import compare_archs
 

@@ -5,28 +5,28 @@ The front door: :func:`compile` traces a model with torch.fx, runs the default p
 hands the lowered graph to a backend chosen by ``target``.
 """
 
-from . import models
-from .api import compile
-from .compiled_model import CompiledModel
-from .errors import (
+from crisp import models
+from crisp.api import compile
+from crisp.compiled_model import CompiledModel
+from crisp.errors import (
     CrispError, FormatError, ModelError, PassOrderError, PatternError, TraceError, UnknownTargetError,
     VerificationError,
 )
-from .format import HybridSparseTensor
-from .layer_info import LayerInfo
-from .head import to_original_classes
-from .masking import apply_masks
-from .prune_api import prune
-from .prune_loop import PruneHistory, StepRecord
-from .saliency import magnitude_saliency, taylor_saliency
-from .stability import StabilityCertificate, stability_certificate
-from .user_classes import user_classes
-from .onnx_optimize import AlreadyOptimizedError, optimize_onnx, optimize_onnx_with_report
-from .pattern import Pattern
-from .pipeline import PIPELINES, Pipeline, default_pipeline
-from .report import Report
-from .selection import select_hybrid_masks
-from .simulate_api import compare_archs, simulate
+from crisp.sparsity.hybrid_tensor import HybridSparseTensor
+from crisp.ir.layer_info import LayerInfo
+from crisp.pruning.head import to_original_classes
+from crisp.sparsity.masking import apply_masks
+from crisp.pruning.prune import prune
+from crisp.pruning.loop import PruneHistory, StepRecord
+from crisp.pruning.saliency import magnitude_saliency, taylor_saliency
+from crisp.pruning.stability import StabilityCertificate, stability_certificate
+from crisp.pruning.user_classes import user_classes
+from crisp.onnx.optimize import AlreadyOptimizedError, optimize_onnx, optimize_onnx_with_report
+from crisp.sparsity.pattern import Pattern
+from crisp.pipeline import PIPELINES, Pipeline, default_pipeline
+from crisp.report import Report
+from crisp.sparsity.selection import select_hybrid_masks
+from crisp.simulate_api import compare_archs, simulate
 
 __version__ = "0.1.0"
 

@@ -9,12 +9,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .compiled_model import CompiledModel
-from .errors import ModelError
-from .ir import layers_of, trace
-from .pattern import Pattern, check_sparsity, resolve_pattern
-from .pipeline import default_pipeline
-from .report import Report
+from crisp.compiled_model import CompiledModel
+from crisp.errors import ModelError
+from crisp.ir.tracing import layers_of, trace
+from crisp.sparsity.pattern import Pattern, check_sparsity, resolve_pattern
+from crisp.pipeline import default_pipeline
+from crisp.report import Report
 
 
 def _as_inputs(example_inputs) -> tuple:
@@ -46,7 +46,7 @@ def resolve_saliency(saliency, calibration=None, classes=None, seed: int = 0) ->
         if calibration is None or classes is None:
             raise ModelError("saliency='taylor' needs calibration=<iterable of (input, label) batches> and classes=[...]")
         try:
-            from .saliency import taylor_saliency
+            from crisp.pruning.saliency import taylor_saliency
         except ImportError as exc:
             raise ModelError("class-aware Taylor saliency is not available in this build of crisp") from exc
         return lambda module: taylor_saliency(module, calibration, classes, seed=seed)

@@ -7,8 +7,8 @@ import importlib
 import pkgutil
 import sys
 
-from . import commands
-from .errors import CrispError
+from crisp import commands
+from crisp.errors import CrispError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .layer_info import LayerInfo
-from .report import Report
+from crisp.ir.layer_info import LayerInfo
+from crisp.report import Report
 
 
 class CompiledModel:
@@ -46,7 +46,7 @@ class CompiledModel:
 
     def simulate(self, arch="crisp-stc", *, strict: bool = False):
         """Replay this model on an accelerator model (see :func:`crisp.simulate`)."""
-        from .simulate_api import simulate
+        from crisp.simulate_api import simulate
 
         return simulate(self, arch, strict=strict)
 

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import CrispError
+from crisp.errors import CrispError
 
 
 class OutputError(CrispError, OSError):

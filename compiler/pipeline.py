@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassResult
 
-from .pattern import Pattern
+from crisp.sparsity.pattern import Pattern
 
 
 class Pipeline:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from .fileio import atomic_write_text
-from .layer_info import LayerInfo
+from crisp.fileio import atomic_write_text
+from crisp.ir.layer_info import LayerInfo
 
 
 @dataclass

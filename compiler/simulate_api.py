@@ -2,7 +2,7 @@
 
 ``simulate(source, arch)`` accepts a :class:`~crisp.backends.stc_trace.Trace`, a trace file, a
 compiled model (anything with ``.layers``; its ``artifacts["trace"]`` is used when present) or
-a list of :class:`~crisp.layer_info.LayerInfo`, and returns a
+a list of :class:`~crisp.ir.layer_info.LayerInfo`, and returns a
 :class:`~crisp.runtime.simulator.SimulationResult`: per-layer and total cycles, energy in uJ
 by component, utilization and the bound of each layer.
 """

@@ -13,7 +13,7 @@ from torch import fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from crisp.errors import PassOrderError
-from crisp.ir import analyses, copy_graph_module, mark_analysis
+from crisp.ir.tracing import analyses, copy_graph_module, mark_analysis
 
 _PROVIDERS: dict[str, list[str]] = {}
 

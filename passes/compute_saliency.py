@@ -13,9 +13,9 @@ import torch
 from torch import fx, nn
 
 from crisp.errors import ModelError
-from crisp.ir import layer_nodes
+from crisp.ir.tracing import layer_nodes
 
-from .base import CrispPass
+from crisp.passes.base import CrispPass
 
 SaliencyFn = Callable[[nn.Module], dict[str, torch.Tensor]]
 

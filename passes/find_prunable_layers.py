@@ -12,11 +12,11 @@ import torch
 from torch import fx, nn
 
 from crisp.errors import ModelError
-from crisp.gemm_view import gemm_shape
-from crisp.layer_info import META_KEY, LayerInfo
-from crisp.pattern import Pattern
+from crisp.sparsity.gemm_view import gemm_shape
+from crisp.ir.layer_info import META_KEY, LayerInfo
+from crisp.sparsity.pattern import Pattern
 
-from .base import CrispPass
+from crisp.passes.base import CrispPass
 
 
 def _conv_params(conv: nn.Conv2d) -> dict:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from crisp.ir import layer_nodes
+from crisp.ir.tracing import layer_nodes
 
-from .base import CrispPass
+from crisp.passes.base import CrispPass
 
 
 def fold_batchnorm_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:

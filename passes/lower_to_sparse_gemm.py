@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from crisp.format import HybridSparseTensor
-from crisp.ir import layer_nodes
-from crisp.layer_info import META_KEY
-from crisp.pattern import Pattern
+from crisp.sparsity.hybrid_tensor import HybridSparseTensor
+from crisp.ir.tracing import layer_nodes
+from crisp.ir.layer_info import META_KEY
+from crisp.sparsity.pattern import Pattern
 from crisp.runtime import ops  # noqa: F401  (registers crisp::hybrid_sparse_gemm)
 
-from .base import CrispPass
+from crisp.passes.base import CrispPass
 
 LOWERED_KEY = "crisp_lowered_from"
 

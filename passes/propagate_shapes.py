@@ -12,7 +12,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from crisp.errors import ModelError
 
-from .base import CrispPass
+from crisp.passes.base import CrispPass
 
 
 class _NamedShapeProp(ShapeProp):

@@ -1,17 +1,17 @@
 """SelectHybridMasks: pick every prunable layer's hybrid N:M + block mask from its saliency,
 globally across layers, so the pruned layers reach the target sparsity
-(see :mod:`crisp.selection`). Records target and achieved sparsity in ``graph_module.meta``."""
+(see :mod:`crisp.sparsity.selection`). Records target and achieved sparsity in ``graph_module.meta``."""
 
 from __future__ import annotations
 
 from torch import fx
 
-from crisp.gemm_view import gemm_to_weight, weight_to_gemm
-from crisp.ir import layer_nodes
-from crisp.pattern import Pattern
-from crisp.selection import select_hybrid_masks
+from crisp.sparsity.gemm_view import gemm_to_weight, weight_to_gemm
+from crisp.ir.tracing import layer_nodes
+from crisp.sparsity.pattern import Pattern
+from crisp.sparsity.selection import select_hybrid_masks
 
-from .base import CrispPass
+from crisp.passes.base import CrispPass
 
 
 class SelectHybridMasks(CrispPass):

@@ -8,10 +8,10 @@ import torch
 from torch import fx, nn
 
 from crisp.errors import VerificationError
-from crisp.ir import layer_nodes
-from crisp.masking import apply_masks, relative_error
+from crisp.ir.tracing import layer_nodes
+from crisp.sparsity.masking import apply_masks, relative_error
 
-from .base import CrispPass
+from crisp.passes.base import CrispPass
 
 
 def _flat_tensors(out) -> list[torch.Tensor]:

@@ -39,7 +39,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .packed_weight import ChannelPackedWeight, PackedHybridWeight
+from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
 
 SOURCE = Path(__file__).parent / "csrc" / "hybrid_sparse_cpu.cpp"
 CFLAGS = ("-O3", "-march=native", "-fopenmp")
@@ -155,8 +155,8 @@ def _register_fakes() -> None:
 
 def _self_check() -> None:
     """Run both ops on small random problems and compare with dense torch; raise on a mismatch."""
-    from crisp.format import HybridSparseTensor
-    from crisp.pattern import Pattern
+    from crisp.sparsity.hybrid_tensor import HybridSparseTensor
+    from crisp.sparsity.pattern import Pattern
 
     gen = torch.Generator().manual_seed(0)
     p = Pattern(2, 4, 16)

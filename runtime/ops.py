@@ -1,6 +1,6 @@
 """The ``crisp::hybrid_sparse_gemm`` custom op that lowered graphs call.
 
-Arguments are the compact tensors of a :class:`crisp.format.HybridSparseTensor` plus the GEMM
+Arguments are the compact tensors of a :class:`crisp.sparsity.hybrid_tensor.HybridSparseTensor` plus the GEMM
 shape and pattern as integers, so the op is a plain graph node that traces and exports. The CPU
 implementation is the reference kernel; the fake (meta) kernel only computes the output shape.
 """
@@ -9,10 +9,10 @@ from typing import Optional
 
 import torch
 
-from crisp.format import HybridSparseTensor
-from crisp.pattern import Pattern
+from crisp.sparsity.hybrid_tensor import HybridSparseTensor
+from crisp.sparsity.pattern import Pattern
 
-from .reference_kernel import reference_hybrid_sparse_gemm
+from crisp.runtime.reference_kernel import reference_hybrid_sparse_gemm
 
 
 def compact_from_args(values, block_cols, offsets, rows, cols, n, m, block) -> HybridSparseTensor:

@@ -1,6 +1,6 @@
 """`PackedHybridWeight`: the layout the fast CPU kernels read, prepared once at compile time.
 
-The compact :class:`crisp.format.HybridSparseTensor` stores kept blocks plus bit-packed N:M
+The compact :class:`crisp.sparsity.hybrid_tensor.HybridSparseTensor` stores kept blocks plus bit-packed N:M
 offsets, which is small but must be decoded before use. The kernels instead want, for every
 output channel (GEMM row) ``r``, its kept values ``vals[row_ptr[r]:row_ptr[r+1]]`` next to the
 GEMM column each one multiplies (``cols``, int32, in (kh, kw, cin) order, ascending): the
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from crisp.errors import FormatError
-from crisp.format import HybridSparseTensor
-from crisp.gemm_view import gemm_to_weight
+from crisp.sparsity.hybrid_tensor import HybridSparseTensor
+from crisp.sparsity.gemm_view import gemm_to_weight
 
 
 @dataclass(frozen=True, eq=False)

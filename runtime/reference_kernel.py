@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from crisp.format import HybridSparseTensor
+from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 
 
 def reference_hybrid_sparse_gemm(x: torch.Tensor, weight: HybridSparseTensor, bias: torch.Tensor | None = None) -> torch.Tensor:

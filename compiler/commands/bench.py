@@ -10,7 +10,7 @@ import torch
 
 import crisp
 
-from .common import add_model_args, add_pattern_args, model_and_input
+from crisp.commands.common import add_model_args, add_pattern_args, model_and_input
 
 
 def register(sub) -> None:
@@ -29,7 +29,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from crisp.errors import CrispError
-    from crisp.runtime import cpu_bench
+    from crisp.bench import cpu_peers as cpu_bench
 
     methods = cpu_bench.METHODS if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in cpu_bench.METHODS]

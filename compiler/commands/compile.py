@@ -6,7 +6,7 @@ import argparse
 
 import crisp
 
-from .common import add_model_args, add_pattern_args, model_and_input
+from crisp.commands.common import add_model_args, add_pattern_args, model_and_input
 
 
 def register(sub) -> None:

@@ -12,9 +12,9 @@ import time
 import torch
 
 import crisp
-from crisp.masking import relative_error
+from crisp.sparsity.masking import relative_error
 
-from .common import add_model_args, add_pattern_args, model_and_input
+from crisp.commands.common import add_model_args, add_pattern_args, model_and_input
 
 
 def register(sub) -> None:

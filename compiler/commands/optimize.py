@@ -12,7 +12,7 @@ import numpy as np
 
 from crisp.errors import ModelError
 
-from .common import add_pattern_args
+from crisp.commands.common import add_pattern_args
 
 
 def register(sub) -> None:
@@ -63,7 +63,7 @@ def _classes(text: str | None) -> list[int] | None:
 
 def _check_output(path: str) -> None:
     """Fail before the work when the output cannot be written."""
-    from crisp.onnx_io import OnnxOutputError
+    from crisp.onnx.io import OnnxOutputError
 
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
@@ -76,8 +76,8 @@ def _check_output(path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crisp.onnx_io import save_model
-    from crisp.onnx_optimize import optimize_onnx_with_report
+    from crisp.onnx.io import save_model
+    from crisp.onnx.optimize import optimize_onnx_with_report
 
     _check_output(args.output)
     if args.report:

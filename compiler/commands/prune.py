@@ -11,7 +11,7 @@ import json
 
 import torch
 
-from .common import add_pattern_args
+from crisp.commands.common import add_pattern_args
 
 
 def register(sub) -> None:
@@ -42,12 +42,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from crisp.class_data import DataError
-    from crisp.digits_data import load_digits_split, loader
-    from crisp.digits_task import class_accuracy, pretrain_small_cnn, save_atomic, write_text_atomic
+    from crisp.pruning.class_data import DataError
+    from crisp.tasks.digits_data import load_digits_split, loader
+    from crisp.tasks.digits import class_accuracy, pretrain_small_cnn, save_atomic, write_text_atomic
     from crisp.errors import ModelError
     from crisp.models import small_cnn
-    from crisp.prune_api import prune
+    from crisp.pruning.prune import prune
 
     split = load_digits_split()
     if args.checkpoint:

@@ -11,10 +11,10 @@ import argparse
 import warnings
 
 from crisp.runtime.simulator.errors import ArchError, PatternFallbackWarning
-from crisp.runtime.simulator.model_workloads import DISTRIBUTIONS, model_specs
+from crisp.bench.model_workloads import DISTRIBUTIONS, model_specs
 from crisp.runtime.simulator.presets import DEFAULT_COMPARISON, get_arch, preset_names
 
-from .common import add_model_args, add_pattern_args
+from crisp.commands.common import add_model_args, add_pattern_args
 
 
 def register(sub) -> None:

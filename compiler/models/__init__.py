@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-from .mobilenet import MobileNetV2, mobilenet_v2
-from .registry import MODEL_NAMES, build, randomize_batchnorm
-from .resnet import ResNet, resnet18, resnet50
-from .small_cnn import SmallCNN, small_cnn
-from .vgg import VGG, vgg16
+from crisp.models.mobilenet import MobileNetV2, mobilenet_v2
+from crisp.models.registry import MODEL_NAMES, build, randomize_batchnorm
+from crisp.models.resnet import ResNet, resnet18, resnet50
+from crisp.models.small_cnn import SmallCNN, small_cnn
+from crisp.models.vgg import VGG, vgg16
 
 __all__ = [
     "MODEL_NAMES", "MobileNetV2", "ResNet", "SmallCNN", "VGG", "build", "mobilenet_v2",

@@ -7,11 +7,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import ModelError
-from .mobilenet import mobilenet_v2
-from .resnet import resnet18, resnet50
-from .small_cnn import small_cnn
-from .vgg import vgg16
+from crisp.errors import ModelError
+from crisp.models.mobilenet import mobilenet_v2
+from crisp.models.resnet import resnet18, resnet50
+from crisp.models.small_cnn import small_cnn
+from crisp.models.vgg import vgg16
 
 _BUILDERS: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...]]] = {
     "resnet18": (resnet18, (3, 224, 224)),

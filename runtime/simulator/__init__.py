@@ -7,14 +7,14 @@ bounds and energy (:mod:`.energy`). The trace file format lives in ``crisp.backe
 and the public entry point is ``crisp.simulate``.
 """
 
-from .arch import Arch
-from .arch_io import arch_from_dict, load_arch, save_arch
-from .energy import COMPONENTS, ENERGY_TABLES, EnergyTable
-from .engine import simulate_specs
-from .errors import ArchError, PatternFallbackWarning, SimulationInputError, TraceFormatError, UnsupportedPatternError
-from .presets import DEFAULT_COMPARISON, PRESETS, get_arch, preset_names
-from .result import Comparison, LayerResult, SimulationResult
-from .workload import LayerSpec, specs_from_layers
+from crisp.runtime.simulator.arch import Arch
+from crisp.runtime.simulator.arch_io import arch_from_dict, load_arch, save_arch
+from crisp.runtime.simulator.energy import COMPONENTS, ENERGY_TABLES, EnergyTable
+from crisp.runtime.simulator.engine import simulate_specs
+from crisp.runtime.simulator.errors import ArchError, PatternFallbackWarning, SimulationInputError, TraceFormatError, UnsupportedPatternError
+from crisp.runtime.simulator.presets import DEFAULT_COMPARISON, PRESETS, get_arch, preset_names
+from crisp.runtime.simulator.result import Comparison, LayerResult, SimulationResult
+from crisp.runtime.simulator.workload import LayerSpec, specs_from_layers
 
 __all__ = [
     "Arch", "ArchError", "COMPONENTS", "Comparison", "DEFAULT_COMPARISON", "ENERGY_TABLES", "EnergyTable",

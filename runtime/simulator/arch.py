@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from .energy import EnergyTable, STC_45NM
-from .errors import ArchError
+from crisp.runtime.simulator.energy import EnergyTable, STC_45NM
+from crisp.runtime.simulator.errors import ArchError
 
 DATAFLOWS = ("simd", "outer-product")
 

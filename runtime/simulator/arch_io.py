@@ -23,9 +23,9 @@ from typing import Any
 
 from crisp.fileio import atomic_write_text
 
-from .arch import Arch
-from .energy import ENERGY_TABLES, EnergyTable
-from .errors import ArchError
+from crisp.runtime.simulator.arch import Arch
+from crisp.runtime.simulator.energy import ENERGY_TABLES, EnergyTable
+from crisp.runtime.simulator.errors import ArchError
 
 _ARCH_FIELDS = {f.name: f for f in fields(Arch)}
 _ENERGY_FIELDS = {f.name: f for f in fields(EnergyTable)}
@@ -63,7 +63,7 @@ def _energy_from(value: Any, base: EnergyTable, where: str) -> EnergyTable:
 
 def arch_from_dict(data: dict, source: str = "architecture") -> Arch:
     """Build and validate an :class:`Arch` from a dict (the parsed TOML/JSON)."""
-    from .presets import PRESETS
+    from crisp.runtime.simulator.presets import PRESETS
 
     if not isinstance(data, dict):
         raise ArchError(f"{source}: expected a table of fields, got {type(data).__name__}")

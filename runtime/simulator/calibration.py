@@ -15,10 +15,10 @@ tuned per point. ``stc_calibration()`` and ``dstc_ratio_calibration()`` return r
 
 from __future__ import annotations
 
-from .arch import Arch
-from .engine import simulate_specs
-from .presets import get_arch
-from .workload import LayerSpec
+from crisp.runtime.simulator.arch import Arch
+from crisp.runtime.simulator.engine import simulate_specs
+from crisp.runtime.simulator.presets import get_arch
+from crisp.runtime.simulator.workload import LayerSpec
 
 # (M, K, N) -> input activation density Sparseloop used (2 decimals, as it was passed)
 LAYERS = {

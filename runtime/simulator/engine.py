@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import warnings
 
-from .arch import Arch
-from .errors import PatternFallbackWarning, UnsupportedPatternError
-from .lowering import lower_layers
-from .replay import Replay, replay
-from .result import LayerResult, SimulationResult
-from .workload import LayerSpec
+from crisp.runtime.simulator.arch import Arch
+from crisp.runtime.simulator.errors import PatternFallbackWarning, UnsupportedPatternError
+from crisp.runtime.simulator.lowering import lower_layers
+from crisp.runtime.simulator.replay import Replay, replay
+from crisp.runtime.simulator.result import LayerResult, SimulationResult
+from crisp.runtime.simulator.workload import LayerSpec
 
 
 def check_fallbacks(names: list[str], infos: list[dict], arch: Arch, strict: bool) -> list[str]:

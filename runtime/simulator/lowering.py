@@ -31,10 +31,10 @@ import math
 
 import numpy as np
 
-from .arch import Arch
-from .plan import plan_layer
-from .records import FIRST_CORE_UNIT, OP, OPERAND, UNIT, RecordBuilder, concat_columns
-from .workload import LayerSpec, offset_bits, pow2_bits
+from crisp.runtime.simulator.arch import Arch
+from crisp.runtime.simulator.plan import plan_layer
+from crisp.runtime.simulator.records import FIRST_CORE_UNIT, OP, OPERAND, UNIT, RecordBuilder, concat_columns
+from crisp.runtime.simulator.workload import LayerSpec, offset_bits, pow2_bits
 
 
 def _ceil_div(a, b):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .arch import Arch
-from .workload import LayerSpec
+from crisp.runtime.simulator.arch import Arch
+from crisp.runtime.simulator.workload import LayerSpec
 
 
 @dataclass(frozen=True)

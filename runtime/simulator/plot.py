@@ -12,8 +12,8 @@ from pathlib import Path
 
 from crisp.fileio import atomic_write_bytes
 
-from .errors import SimulationInputError
-from .result import Comparison
+from crisp.runtime.simulator.errors import SimulationInputError
+from crisp.runtime.simulator.result import Comparison
 
 _COLORS = {"crisp-stc": "#1f77b4", "nvidia-stc": "#2ca02c", "dstc": "#d62728", "tc": "#7f7f7f"}
 

@@ -18,9 +18,9 @@ the calibration tests run.
 
 from __future__ import annotations
 
-from .arch import Arch
-from .energy import DSTC_45NM, STC_45NM, TC_45NM
-from .errors import ArchError
+from crisp.runtime.simulator.arch import Arch
+from crisp.runtime.simulator.energy import DSTC_45NM, STC_45NM, TC_45NM
+from crisp.runtime.simulator.errors import ArchError
 
 _CRISP_HW = dict(
     n_cores=4,
@@ -99,7 +99,7 @@ def get_arch(arch: "Arch | str") -> Arch:
     if key in PRESETS:
         return PRESETS[key]
     if key.endswith((".toml", ".json")):
-        from .arch_io import load_arch
+        from crisp.runtime.simulator.arch_io import load_arch
 
         return load_arch(arch)
     raise ArchError(

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arch import Arch
-from .energy import COMPONENTS, AccessCounts, energy_pj
-from .records import FIRST_CORE_UNIT, OP, OPERAND, unit_names
+from crisp.runtime.simulator.arch import Arch
+from crisp.runtime.simulator.energy import COMPONENTS, AccessCounts, energy_pj
+from crisp.runtime.simulator.records import FIRST_CORE_UNIT, OP, OPERAND, unit_names
 
 RESOURCES = ("compute", "smem_read", "smem_write", "dram_read", "dram_write")
 BOUND_OF = {"compute": "compute", "smem_read": "smem", "smem_write": "smem", "dram_read": "dram", "dram_write": "dram"}

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from crisp.fileio import atomic_write_text
 
-from .arch import Arch
-from .energy import COMPONENTS
+from crisp.runtime.simulator.arch import Arch
+from crisp.runtime.simulator.energy import COMPONENTS
 
 
 @dataclass

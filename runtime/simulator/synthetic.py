@@ -1,8 +1,8 @@
 """Random pruned layers as the compiler would describe them, for tests and examples.
 
 ``random_layers`` draws random weights and saliency for a few conv/linear shapes, selects
-hybrid masks with :func:`crisp.selection.select_hybrid_masks` and compresses each weight with
-:meth:`crisp.format.HybridSparseTensor.from_dense`, returning :class:`~crisp.layer_info.LayerInfo`
+hybrid masks with :func:`crisp.sparsity.selection.select_hybrid_masks` and compresses each weight with
+:meth:`crisp.sparsity.hybrid_tensor.HybridSparseTensor.from_dense`, returning :class:`~crisp.ir.layer_info.LayerInfo`
 objects exactly like ``crisp.compile(...).layers`` (without a graph).
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from crisp.format import HybridSparseTensor
-from crisp.gemm_view import gemm_to_weight, weight_to_gemm
-from crisp.layer_info import LayerInfo
-from crisp.pattern import Pattern
-from crisp.selection import select_hybrid_masks
+from crisp.sparsity.hybrid_tensor import HybridSparseTensor
+from crisp.sparsity.gemm_view import gemm_to_weight, weight_to_gemm
+from crisp.ir.layer_info import LayerInfo
+from crisp.sparsity.pattern import Pattern
+from crisp.sparsity.selection import select_hybrid_masks
 
 # name -> (weight shape, output positions per sample, stride)
 DEFAULT_SHAPES = {

@@ -1,7 +1,7 @@
 """`LayerSpec`: what the simulator needs to know about one layer, independent of torch.
 
-A spec is built from a :class:`crisp.layer_info.LayerInfo` (the compiler's per-layer record,
-with its compact :class:`~crisp.format.HybridSparseTensor`), from a GEMM mask, or
+A spec is built from a :class:`crisp.ir.layer_info.LayerInfo` (the compiler's per-layer record,
+with its compact :class:`~crisp.sparsity.hybrid_tensor.HybridSparseTensor`), from a GEMM mask, or
 synthetically (a GEMM with a pattern or a density, for calibration). It is what a trace
 embeds, so that a trace can be lowered again for another architecture.
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import SimulationInputError
+from crisp.runtime.simulator.errors import SimulationInputError
 
 
 def offset_bits(m: int) -> int:
@@ -136,7 +136,7 @@ class LayerSpec:
     @classmethod
     def from_mask(cls, name: str, mask_gemm, pattern, N: int, **kw) -> "LayerSpec":
         """A hybrid-sparse layer from its bool GEMM mask ``[M, K]`` (numpy or torch) and a
-        :class:`crisp.pattern.Pattern`, laid out exactly as the compact format stores it
+        :class:`crisp.sparsity.pattern.Pattern`, laid out exactly as the compact format stores it
         (every block-row holds ``k`` = the largest kept-block count, padded with unkept
         blocks of the lowest column indices)."""
         mask = np.asarray(mask_gemm.detach().cpu().numpy() if hasattr(mask_gemm, "detach") else mask_gemm, dtype=bool)
@@ -165,7 +165,7 @@ class LayerSpec:
 
     @classmethod
     def from_layer_info(cls, info) -> "LayerSpec":
-        """Spec of a compiler :class:`~crisp.layer_info.LayerInfo`. A layer without ``compact``
+        """Spec of a compiler :class:`~crisp.ir.layer_info.LayerInfo`. A layer without ``compact``
         is dense. Kept weights come from ``info.mask`` (or, without a mask, from the non-zero
         stored values); block columns, stored values and metadata bytes from ``info.compact``."""
         M, K = (int(v) for v in info.gemm_shape)
@@ -177,7 +177,7 @@ class LayerSpec:
         hst = info.compact
         p = hst.pattern
         if info.mask is not None:
-            from crisp.gemm_view import weight_to_gemm
+            from crisp.sparsity.gemm_view import weight_to_gemm
 
             mask = weight_to_gemm(info.mask.to(bool)).cpu().numpy()
         else:
@@ -253,7 +253,7 @@ def specs_from_layers(layers) -> list[LayerSpec]:
         else:
             raise SimulationInputError(
                 f"expected LayerInfo or LayerSpec objects, got {type(info).__name__}; "
-                "pass compiled.layers or a list built with crisp.layer_info.LayerInfo"
+                "pass compiled.layers or a list built with crisp.ir.layer_info.LayerInfo"
             )
     if not out:
         raise SimulationInputError("no layers to simulate: the model has no conv or linear layer")

@@ -14,7 +14,7 @@ import torch
 import crisp
 from crisp.backends import get_backend, registered_backends
 from crisp.backends.stc_trace import MAGIC, Trace, trace_from_layers
-from crisp.pattern import Pattern
+from crisp.sparsity.pattern import Pattern
 from crisp.runtime.simulator import TraceFormatError, get_arch
 from crisp.runtime.simulator.records import COLUMNS
 from crisp.runtime.simulator.synthetic import dense_layer, random_layers

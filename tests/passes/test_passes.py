@@ -11,8 +11,8 @@ from torch.fx.passes.infra.pass_manager import PassManager
 import crisp
 from crisp import Pattern, Pipeline
 from crisp.errors import PassOrderError
-from crisp.ir import trace
-from crisp.masking import relative_error
+from crisp.ir.tracing import trace
+from crisp.sparsity.masking import relative_error
 from crisp.passes import (
     ComputeSaliency, FindPrunableLayers, FoldBatchNorm, LowerToHybridSparseGemm, PropagateShapes, SelectHybridMasks,
     VerifyAgainstMaskedDense,

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crisp.errors import FormatError
-from crisp.format import HybridSparseTensor
-from crisp.gemm_view import gemm_to_weight
-from crisp.pattern import Pattern
+from crisp.sparsity.hybrid_tensor import HybridSparseTensor
+from crisp.sparsity.gemm_view import gemm_to_weight
+from crisp.sparsity.pattern import Pattern
 from crisp.runtime import fast_kernel
 from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
 from crisp.runtime.reference_kernel import reference_hybrid_sparse_gemm

@@ -10,7 +10,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 import crisp
 from crisp import HybridSparseTensor, Pattern
 from crisp.runtime.ops import call_hybrid_sparse_gemm
-from crisp.selection import select_hybrid_masks
+from crisp.sparsity.selection import select_hybrid_masks
 
 
 def random_compact(rows, cols, p, gen, sparsity):

@@ -1,0 +1,1 @@
+"""crisp.bench: the benchmark harness behind ``crisp bench``, ``crisp simulate`` and ``benchmarks/`` (peers, workloads, timing)."""

@@ -1,0 +1,94 @@
+"""The IR: a ``torch.fx.GraphModule`` traced from the user's model, plus helpers to read the
+analysis results passes leave in ``node.meta`` and ``graph_module.meta``.
+
+Tracing names the module that could not be traced and suggests ``exclude`` / ``leaf_modules``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Iterator
+
+import torch
+from torch import fx, nn
+
+from crisp.errors import TraceError
+from crisp.ir.layer_info import META_KEY, LayerInfo
+
+ANALYSES_KEY = "crisp_analyses"  # graph_module.meta: names of the analyses already run
+
+
+class _CrispTracer(fx.Tracer):
+    """A tracer that keeps chosen modules opaque and remembers where tracing failed."""
+
+    def __init__(self, leaf_modules: Iterable[str] = ()):
+        super().__init__()
+        self.leaf_names = tuple(leaf_modules)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if any(module_qualified_name == n or module_qualified_name.startswith(n + ".") for n in self.leaf_names):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as exc:  # annotate the innermost module once, then let it bubble up
+            if not hasattr(exc, "_crisp_module"):
+                try:
+                    exc._crisp_module = (self.path_of_module(m), type(m).__name__)
+                except Exception:
+                    exc._crisp_module = ("<unknown>", type(m).__name__)
+            raise
+
+
+def trace(model: nn.Module, leaf_modules: Iterable[str] = ()) -> fx.GraphModule:
+    """Symbolically trace ``model``; modules named in ``leaf_modules`` (and their children) stay opaque."""
+    tracer = _CrispTracer(leaf_modules)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:
+        path, cls = getattr(exc, "_crisp_module", ("<root>", type(model).__name__))
+        where = f"module {path!r} ({cls})" if path != "<root>" else f"the model's own forward ({cls})"
+        hint = (
+            f"pass exclude=[{path!r}] (it then stays dense and runs as written) or leaf_modules=[{path!r}]"
+            if path != "<root>"
+            else "move the data-dependent code into a submodule and pass its name in exclude=[...]"
+        )
+        raise TraceError(f"torch.fx could not trace {where}: {type(exc).__name__}: {exc}. To compile the rest, {hint}.") from exc
+    name = type(model).__name__
+    gm = fx.GraphModule(tracer.root, graph, name)
+    gm.meta[ANALYSES_KEY] = set()
+    return gm
+
+
+def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """A deep copy (parameters, buffers, graph and node meta) so a pass never changes its input."""
+    new = copy.deepcopy(gm)
+    new.meta = copy.deepcopy(getattr(gm, "meta", {}))
+    return new
+
+
+def analyses(gm: fx.GraphModule) -> set[str]:
+    return set(getattr(gm, "meta", {}).get(ANALYSES_KEY, set()))
+
+
+def mark_analysis(gm: fx.GraphModule, *names: str) -> None:
+    gm.meta.setdefault(ANALYSES_KEY, set()).update(names)
+
+
+def layer_nodes(gm: fx.GraphModule) -> Iterator[tuple[fx.Node, LayerInfo]]:
+    """Every node that carries a LayerInfo, in graph order."""
+    for node in gm.graph.nodes:
+        info = node.meta.get(META_KEY)
+        if isinstance(info, LayerInfo):
+            yield node, info
+
+
+def layers_of(gm: fx.GraphModule) -> list[LayerInfo]:
+    """All candidate layers: those in the graph and those hidden inside opaque (excluded) modules."""
+    return [info for _, info in layer_nodes(gm)] + list(gm.meta.get("crisp_opaque_layers", []))
+
+
+def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module:
+    return gm.get_submodule(node.target)

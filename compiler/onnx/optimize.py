@@ -1,0 +1,356 @@
+"""``crisp.optimize_onnx``: ONNX in, hybrid-sparse ONNX out.
+
+Steps: load and check the model -> refuse a model crisp already optimized -> (compact format)
+upgrade old opsets -> find the prunable Conv/Gemm/MatMul layers and fold their constant weights
+-> saliency (magnitude, or class-aware Taylor through the ONNX->fx importer) -> global hybrid
+mask selection (:func:`crisp.sparsity.selection.select_hybrid_masks`, the same as the torch compiler) ->
+rewrite the pruned layers, densely (zeros in place) or as ``crisp``-domain nodes defined by
+model-local functions (:mod:`crisp.onnx.compact`) -> metadata -> checker.
+
+Every other node, initializer, input, output, name and opset import is kept as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import onnx
+from tqdm.auto import tqdm
+
+from crisp.onnx import compact as onnx_compact
+from crisp.errors import CrispError, ModelError
+from crisp.fileio import atomic_write_text
+from crisp.sparsity.hybrid_tensor import HybridSparseTensor
+from crisp.sparsity.gemm_view import gemm_to_weight, weight_to_gemm
+from crisp.onnx.io import check_input, default_opset, initializer_map, load_model, skeleton, tensor_nbytes, upgrade_opset
+from crisp.onnx.weights import find_layers, set_out_positions
+from crisp.sparsity.pattern import Pattern, check_sparsity, resolve_pattern
+from crisp.sparsity.selection import select_hybrid_masks
+
+FORMATS = ("compact", "dense")
+SALIENCIES = ("magnitude", "taylor")
+METADATA_PREFIX = "crisp."
+
+
+class AlreadyOptimizedError(ModelError):
+    """The ONNX model is already an output of crisp; optimizing it again would compress twice."""
+
+
+def crisp_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("crisp")
+    except Exception:  # not installed as a distribution (e.g. run from a source tree)
+        return "0+unknown"
+
+
+# ---------------------------------------------------------------------------------- report
+@dataclass
+class OnnxLayerReport:
+    name: str
+    op_type: str
+    kind: str
+    weight_name: str
+    weight_shape: list[int]
+    gemm_shape: list[int]
+    pruned: bool
+    reason: str
+    kept_blocks_per_row: int | None = None
+    blocks_per_row: int | None = None
+    kept_weights: int | None = None
+    total_weights: int | None = None
+    dense_bytes: int = 0
+    stored_bytes: int = 0
+    metadata_bytes: int = 0
+    out_positions: int | None = None
+    execution: str | None = None  # compact format: "blocks" or "dense" (how the layer's function computes)
+
+    @property
+    def density(self) -> float | None:
+        return None if not self.total_weights else self.kept_weights / self.total_weights
+
+    @property
+    def macs_dense(self) -> int | None:
+        if self.out_positions is None or not self.gemm_shape:
+            return None
+        return self.gemm_shape[0] * self.gemm_shape[1] * self.out_positions
+
+    @property
+    def macs_kept(self) -> int | None:
+        if self.macs_dense is None:
+            return None
+        return self.kept_weights * self.out_positions if self.pruned else self.macs_dense
+
+
+@dataclass
+class OnnxOptimizeReport:
+    source: str
+    format: str
+    pattern: str
+    block: int
+    saliency: str
+    target_sparsity: float
+    achieved_sparsity: float
+    opset_in: int
+    opset_out: int
+    layers: list[OnnxLayerReport] = field(default_factory=list)
+    dense_weight_bytes: int = 0  # bytes of the pruned layers' weights before
+    stored_weight_bytes: int = 0  # bytes the pruned layers' weights take in the output
+    metadata_bytes: int = 0  # block columns + packed offsets
+    untouched_bytes: int = 0  # every other initializer in the output
+    source_bytes: int = 0  # serialized size of the input model (weights included)
+    rest_bytes: int = 0  # size of the input (constant weights folded) less the pruned weights: what crisp leaves alone
+    output_bytes: int = 0  # serialized size of the output model
+    seconds: float = 0.0
+
+    @property
+    def pruned_layers(self) -> list[OnnxLayerReport]:
+        return [layer for layer in self.layers if layer.pruned]
+
+    def size_bound(self, slack: float = 0.02) -> float:
+        """The most bytes the output may take: (1 - sparsity) of the pruned layers' dense weight
+        bytes + metadata + everything of the input that crisp leaves untouched (other tensors,
+        nodes, Constant nodes, names), plus ``slack``."""
+        return ((1.0 - self.achieved_sparsity) * self.dense_weight_bytes + self.metadata_bytes + self.rest_bytes) * (1 + slack)
+
+    def tensor_size_bound(self, slack: float = 0.02) -> float:
+        """The stricter bound that counts only the untouched initializers (not the graph): it
+        holds for big models, but a small model whose nodes alone exceed ``slack`` cannot meet it."""
+        return ((1.0 - self.achieved_sparsity) * self.dense_weight_bytes + self.metadata_bytes + self.untouched_bytes) * (1 + slack)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for layer, out in zip(self.layers, d["layers"]):
+            out["density"] = layer.density
+            out["macs_dense"] = layer.macs_dense
+            out["macs_kept"] = layer.macs_kept
+        d["size_bound_bytes"] = self.size_bound()
+        d["tensor_size_bound_bytes"] = self.tensor_size_bound()
+        return d
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+
+    def format_table(self) -> str:
+        lines = [
+            f"crisp optimize: {self.source} -> format={self.format}, pattern {self.pattern} in {self.block}x{self.block} blocks, "
+            f"saliency={self.saliency}",
+            f"{'layer':<44} {'op':<7} {'gemm (rows x K)':>16} {'blocks/row':>11} {'density':>8} {'runs as':>7}  reason",
+        ]
+        for layer in self.layers:
+            shape = "x".join(map(str, layer.gemm_shape)) if layer.gemm_shape else "-"
+            blocks = f"{layer.kept_blocks_per_row}/{layer.blocks_per_row}" if layer.pruned else "-"
+            dens = f"{layer.density:.3f}" if layer.density is not None else "-"
+            lines.append(f"{layer.name[-44:]:<44} {layer.op_type:<7} {shape:>16} {blocks:>11} {dens:>8} "
+                         f"{layer.execution or '-':>7}  {layer.reason}")
+        pruned = self.pruned_layers
+        lines.append(
+            f"{len(pruned)}/{len(self.layers)} layers pruned; sparsity target {self.target_sparsity:.3f}, achieved "
+            f"{self.achieved_sparsity:.3f}; pruned weights {self.dense_weight_bytes / 1e6:.2f} MB -> "
+            f"{self.stored_weight_bytes / 1e6:.2f} MB (metadata {self.metadata_bytes / 1e6:.3f} MB); other tensors "
+            f"{self.untouched_bytes / 1e6:.2f} MB; opset {self.opset_in} -> {self.opset_out}; {self.seconds:.1f} s"
+        )
+        return "\n".join(lines)
+
+
+@dataclass
+class OptimizeResult:
+    model: onnx.ModelProto
+    report: OnnxOptimizeReport
+    masks: dict[str, np.ndarray]  # layer name -> bool mask in the ONNX weight's layout
+
+
+# ---------------------------------------------------------------------------------- entry points
+def optimize_onnx(
+    model_or_path: onnx.ModelProto | str | os.PathLike,
+    *,
+    pattern: Pattern | str = "2:4",
+    block: int | None = 32,
+    sparsity: float = 0.9,
+    saliency: str = "magnitude",
+    calibration: Any = None,
+    classes: Iterable[int] | None = None,
+    format: str = "compact",
+    exclude: Iterable[str] = (),
+) -> onnx.ModelProto:
+    """Prune an ONNX model to hybrid N:M + block sparsity and return the new model.
+
+    ``format="compact"`` writes the pruned layers as ``crisp``-domain nodes defined by
+    model-local functions of standard ops (stock onnxruntime runs them); ``"dense"`` keeps
+    the model's structure and writes zeros in place of the pruned weights. The input is not changed.
+    """
+    return optimize_onnx_with_report(
+        model_or_path, pattern=pattern, block=block, sparsity=sparsity, saliency=saliency,
+        calibration=calibration, classes=classes, format=format, exclude=exclude,
+    ).model
+
+
+def optimize_onnx_with_report(
+    model_or_path: onnx.ModelProto | str | os.PathLike,
+    *,
+    pattern: Pattern | str = "2:4",
+    block: int | None = 32,
+    sparsity: float = 0.9,
+    saliency: str = "magnitude",
+    calibration: Any = None,
+    classes: Iterable[int] | None = None,
+    format: str = "compact",
+    exclude: Iterable[str] = (),
+    progress: bool | None = None,
+    body: str = "auto",
+) -> OptimizeResult:
+    """Like :func:`optimize_onnx`, also returning the per-layer report and the masks.
+
+    ``body`` (compact format only) says how each layer's function computes: ``"blocks"`` gathers
+    the kept input columns per block-row and multiplies the kept blocks, ``"dense"`` rebuilds the
+    dense weight (once, at session creation) and calls the standard op, ``"auto"`` (default) picks
+    the faster per layer by a cost model (:func:`crisp.onnx.compact.choose_body`)."""
+    start = time.perf_counter()
+    pat = resolve_pattern(pattern, block if not isinstance(pattern, Pattern) else None)
+    target = check_sparsity(sparsity, pat)
+    if format not in FORMATS:
+        raise ModelError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if body not in onnx_compact.BODIES:
+        raise ModelError(f"body must be one of {', '.join(onnx_compact.BODIES)}, got {body!r}")
+    if saliency not in SALIENCIES:
+        raise ModelError(f"saliency must be one of {', '.join(SALIENCIES)}, got {saliency!r}")
+    if saliency == "taylor" and calibration is None:
+        raise ModelError("saliency='taylor' needs calibration data (inputs, optionally labels); or use saliency='magnitude'")
+    exclude = tuple([exclude] if isinstance(exclude, str) else exclude)
+
+    model, source = _read(model_or_path)
+    refuse_crisp_output(model, source)
+    source_bytes, source_nodes = model.ByteSize(), len(model.graph.node)
+    opset_in = default_opset(model)
+    if format == "compact":
+        known_infos = {v.name for v in model.graph.value_info}
+        model = upgrade_opset(model, onnx_compact.MIN_OPSET)
+        _keep_value_info(model, known_infos)
+
+    layers = find_layers(model, exclude)
+    set_out_positions(model, layers)
+    pruned = [layer for layer in layers if layer.prunable]
+    if not pruned:
+        raise ModelError(
+            f"{source} has no prunable layer (Conv/Gemm/MatMul with a constant float32 weight); "
+            + ("; ".join(f"{layer.name}: {layer.reason}" for layer in layers[:5]) or "the graph has none")
+        )
+    inits = initializer_map(model)
+    pruned_bytes = sum(tensor_nbytes(inits[layer.weight_name]) for layer in pruned)
+    # what crisp leaves alone: the input (re-measured if folding turned constant subgraphs into weights) less the pruned weights
+    rest_bytes = (source_bytes if len(model.graph.node) == source_nodes else model.ByteSize()) - pruned_bytes
+    weights = {layer.name: layer.weight_from_onnx(layer.extra.pop("weight")) for layer in pruned}
+    if saliency == "magnitude":
+        saliencies = {layer.name: weight_to_gemm(weights[layer.name]).abs() for layer in pruned}
+    else:
+        from crisp.onnx.to_fx import taylor_saliency
+
+        saliencies = taylor_saliency(model, pruned, calibration, classes)
+    selection = select_hybrid_masks(saliencies, pat, target)
+
+    report = OnnxOptimizeReport(source, format, f"{pat.n}:{pat.m}", pat.block, saliency, target,
+                                selection.achieved_sparsity, opset_in, default_opset(model))
+    masks = _rewrite(model, pruned, weights, selection, pat, format, body, _metadata(report, pat), progress)
+    _fill_report(report, model, layers, selection, format)
+    report.source_bytes, report.rest_bytes = source_bytes, rest_bytes
+    try:
+        onnx.checker.check_model(skeleton(model), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:  # a crisp bug, not a user error
+        raise CrispError(f"internal error: the optimized model fails the ONNX checker: {exc}") from exc
+    report.seconds = time.perf_counter() - start
+    return OptimizeResult(model, report, masks)
+
+
+def _read(model_or_path) -> tuple[onnx.ModelProto, str]:
+    """A private, checked copy of the input model and a label for messages."""
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return load_model(model_or_path), str(model_or_path)
+    check_input(model_or_path)
+    model = onnx.ModelProto()
+    model.CopyFrom(model_or_path)
+    return model, "<ModelProto>"
+
+
+def _rewrite(model, pruned, weights, selection, pattern, format, body, metadata, progress) -> dict[str, np.ndarray]:
+    """Write every pruned layer (in place) and the metadata; return the masks in ONNX layout."""
+    masks: dict[str, np.ndarray] = {}
+    functions = onnx_compact.FunctionSet(pattern, default_opset(model), body)
+    quiet = (not progress) if progress is not None else (None if len(pruned) >= 20 else True)  # None: bar on a terminal
+    for layer in tqdm(pruned, desc="crisp optimize", unit="layer", disable=quiet, leave=False):
+        weight = weights[layer.name]
+        mask = gemm_to_weight(selection.layers[layer.name].mask, layer.weight_shape)
+        masks[layer.name] = layer.weight_to_onnx(mask)
+        if format == "dense":
+            onnx_compact.write_dense_layer(model, layer, weight * mask)
+        else:
+            onnx_compact.write_compact_layer(model, layer, HybridSparseTensor.from_dense(weight, mask, pattern), functions)
+    if format == "compact":
+        onnx_compact.finish_compact_model(model, functions, pruned, metadata)
+    else:
+        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **metadata})
+    return masks
+
+
+def _fill_report(report: OnnxOptimizeReport, model: onnx.ModelProto, layers, selection, format: str) -> None:
+    sizes = {t.name: tensor_nbytes(t) for t in model.graph.initializer}
+    crisp_tensors: set[str] = set()
+    for layer in layers:
+        row = OnnxLayerReport(layer.name, layer.op_type, layer.kind, layer.weight_name, list(layer.weight_shape),
+                              list(layer.gemm_shape) if layer.weight_shape else [], layer.prunable, layer.reason,
+                              out_positions=layer.out_positions)
+        if layer.prunable:
+            chosen = selection.layers[layer.name]
+            row.kept_blocks_per_row, row.blocks_per_row = chosen.kept_blocks_per_row, chosen.blocks_per_row
+            row.kept_weights, row.total_weights = chosen.kept_weights, chosen.total_weights
+            row.dense_bytes = chosen.total_weights * 4
+            names = [layer.weight_name] if format == "dense" else layer.extra["compact_names"]
+            row.stored_bytes = sum(sizes.get(n, 0) for n in names)
+            row.metadata_bytes = sum(sizes[n] for n in names[1:])
+            row.execution = layer.extra.get("body")
+            crisp_tensors.update(names)
+        report.layers.append(row)
+    report.dense_weight_bytes = sum(r.dense_bytes for r in report.pruned_layers)
+    report.stored_weight_bytes = sum(r.stored_bytes for r in report.pruned_layers)
+    report.metadata_bytes = sum(r.metadata_bytes for r in report.pruned_layers)
+    report.untouched_bytes = sum(v for k, v in sizes.items() if k not in crisp_tensors)
+    report.output_bytes = model.ByteSize()
+
+
+def refuse_crisp_output(model: onnx.ModelProto, label: str) -> None:
+    """Raise AlreadyOptimizedError when ``model`` carries crisp's metadata, domain or functions."""
+    marks = [p.key for p in model.metadata_props if p.key.startswith(METADATA_PREFIX)]
+    marks += [f"opset domain {o.domain!r}" for o in model.opset_import if o.domain == onnx_compact.DOMAIN]
+    marks += [f"function {f.name}" for f in model.functions if f.domain == onnx_compact.DOMAIN][:1]
+    if marks:
+        raise AlreadyOptimizedError(
+            f"{label} is already an output of crisp ({marks[0]}); optimizing it again would compress twice. "
+            "Optimize the original model instead."
+        )
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _keep_value_info(model: onnx.ModelProto, names: set[str]) -> None:
+    """Drop the value_info entries the version converter added (keep the model as it was)."""
+    infos = [v for v in model.graph.value_info if v.name in names]
+    if len(infos) != len(model.graph.value_info):
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(infos)
+
+
+def _metadata(report: OnnxOptimizeReport, pattern: Pattern) -> dict[str, str]:
+    entries = {
+        "crisp.version": crisp_version(),
+        "crisp.format": report.format,
+        "crisp.pattern": f"{pattern.n}:{pattern.m}",
+        "crisp.block": str(pattern.block),
+        "crisp.saliency": report.saliency,
+        "crisp.sparsity.target": f"{report.target_sparsity:.6g}",
+        "crisp.sparsity.achieved": f"{report.achieved_sparsity:.6g}",
+    }
+    return entries

@@ -1,0 +1,74 @@
+"""The fine-tuning and evaluation loops used between pruning steps.
+
+``train_epoch`` runs one pass of cross-entropy training over ``(input, label)`` batches and
+calls ``after_backward`` (e.g. a Taylor accumulator) after each backward pass. ``evaluate``
+returns loss and accuracy; both sum their counts over ranks under ``torch.distributed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crisp.pruning.distributed import all_reduce_sums, rank
+
+
+def progress_bar(iterable: Iterable, *, enabled: bool, desc: str, total: int | None = None):
+    if not enabled or rank() != 0:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer | None,
+    *,
+    after_backward: Callable[[], None] | None = None,
+    progress: bool = False,
+    desc: str = "fine-tune",
+) -> float:
+    """One epoch of training; returns the mean loss over samples (over all ranks)."""
+    model.train()
+    total = torch.zeros(2, dtype=torch.float64)
+    for x, y in progress_bar(batches, enabled=progress, desc=desc):
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            model.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        if after_backward is not None:
+            after_backward()
+        if optimizer is not None:
+            optimizer.step()
+        total += torch.tensor([float(loss.detach()) * y.shape[0], float(y.shape[0])], dtype=torch.float64)
+    (total,) = all_reduce_sums([total])
+    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float, int]:
+    """(mean loss, accuracy, samples) of ``model`` in eval mode; restores its mode."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(3, dtype=torch.float64)
+    try:
+        for x, y in batches:
+            out = model(x)
+            total += torch.tensor(
+                [float(F.cross_entropy(out, y, reduction="sum")), float((out.argmax(1) == y).sum()), float(y.shape[0])],
+                dtype=torch.float64,
+            )
+    finally:
+        model.train(was_training)
+    (total,) = all_reduce_sums([total])
+    n = int(total[2])
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    return float(total[0] / n), float(total[1] / n), n
