@@ -32,7 +32,7 @@ from crisp.runtime.simulator.arch import Arch
 from crisp.runtime.simulator.arch_io import arch_from_dict
 from crisp.runtime.simulator.engine import check_fallbacks, result_from, run_specs, arch_notes
 from crisp.runtime.simulator.errors import ArchError, TraceFormatError
-from crisp.runtime.simulator.presets import get_arch
+from crisp.runtime.simulator.arch_io import get_arch
 from crisp.runtime.simulator.records import COLUMNS, OPERANDS, OPS, unit_names
 from crisp.runtime.simulator.replay import replay
 from crisp.runtime.simulator.result import SimulationResult

@@ -8,8 +8,10 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from crisp.backends.onnx_backend import export_compiled_to_onnx
 from crisp.ir.layer_info import LayerInfo
 from crisp.report import Report
+from crisp.simulate_api import simulate
 
 
 class CompiledModel:
@@ -40,14 +42,10 @@ class CompiledModel:
 
     def to_onnx(self, path=None, **kwargs):
         """Export to crisp's compact ONNX form (stock onnxruntime runs it); returns the ModelProto."""
-        from crisp.backends.onnx_backend import export_compiled_to_onnx
-
         return export_compiled_to_onnx(self, path, **kwargs)
 
     def simulate(self, arch="crisp-stc", *, strict: bool = False):
         """Replay this model on an accelerator model (see :func:`crisp.simulate`)."""
-        from crisp.simulate_api import simulate
-
         return simulate(self, arch, strict=strict)
 
     def __call__(self, *args, **kwargs):

@@ -12,17 +12,17 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
+from crisp.backends.stc_trace import Trace
 from crisp.runtime.simulator.arch import Arch
 from crisp.runtime.simulator.engine import simulate_specs
 from crisp.runtime.simulator.errors import ArchError, SimulationInputError
-from crisp.runtime.simulator.presets import DEFAULT_COMPARISON, get_arch
+from crisp.runtime.simulator.arch_io import get_arch
+from crisp.runtime.simulator.presets import DEFAULT_COMPARISON
 from crisp.runtime.simulator.result import Comparison, SimulationResult
 from crisp.runtime.simulator.workload import LayerSpec, specs_from_layers
 
 
 def _trace_of(source):
-    from crisp.backends.stc_trace import Trace
-
     if isinstance(source, Trace):
         return source
     if isinstance(source, (str, os.PathLike)):

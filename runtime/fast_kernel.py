@@ -39,6 +39,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from crisp.sparsity.hybrid_tensor import HybridSparseTensor
+from crisp.sparsity.pattern import Pattern
 from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
 
 SOURCE = Path(__file__).parent / "csrc" / "hybrid_sparse_cpu.cpp"
@@ -155,9 +157,6 @@ def _register_fakes() -> None:
 
 def _self_check() -> None:
     """Run both ops on small random problems and compare with dense torch; raise on a mismatch."""
-    from crisp.sparsity.hybrid_tensor import HybridSparseTensor
-    from crisp.sparsity.pattern import Pattern
-
     gen = torch.Generator().manual_seed(0)
     p = Pattern(2, 4, 16)
     w = torch.randn(20, 12, 3, 3, generator=gen)

@@ -12,7 +12,8 @@ import warnings
 
 from crisp.runtime.simulator.errors import ArchError, PatternFallbackWarning
 from crisp.bench.model_workloads import DISTRIBUTIONS, model_specs
-from crisp.runtime.simulator.presets import DEFAULT_COMPARISON, get_arch, preset_names
+from crisp.runtime.simulator.arch_io import get_arch
+from crisp.runtime.simulator.presets import DEFAULT_COMPARISON, preset_names
 
 from crisp.commands.common import add_model_args, add_pattern_args
 

@@ -12,7 +12,8 @@ from crisp.runtime.simulator.arch_io import arch_from_dict, load_arch, save_arch
 from crisp.runtime.simulator.energy import COMPONENTS, ENERGY_TABLES, EnergyTable
 from crisp.runtime.simulator.engine import simulate_specs
 from crisp.runtime.simulator.errors import ArchError, PatternFallbackWarning, SimulationInputError, TraceFormatError, UnsupportedPatternError
-from crisp.runtime.simulator.presets import DEFAULT_COMPARISON, PRESETS, get_arch, preset_names
+from crisp.runtime.simulator.arch_io import get_arch
+from crisp.runtime.simulator.presets import DEFAULT_COMPARISON, PRESETS, preset_names
 from crisp.runtime.simulator.result import Comparison, LayerResult, SimulationResult
 from crisp.runtime.simulator.workload import LayerSpec, specs_from_layers
 

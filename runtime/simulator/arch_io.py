@@ -26,6 +26,7 @@ from crisp.fileio import atomic_write_text
 from crisp.runtime.simulator.arch import Arch
 from crisp.runtime.simulator.energy import ENERGY_TABLES, EnergyTable
 from crisp.runtime.simulator.errors import ArchError
+from crisp.runtime.simulator.presets import PRESETS
 
 _ARCH_FIELDS = {f.name: f for f in fields(Arch)}
 _ENERGY_FIELDS = {f.name: f for f in fields(EnergyTable)}
@@ -63,8 +64,6 @@ def _energy_from(value: Any, base: EnergyTable, where: str) -> EnergyTable:
 
 def arch_from_dict(data: dict, source: str = "architecture") -> Arch:
     """Build and validate an :class:`Arch` from a dict (the parsed TOML/JSON)."""
-    from crisp.runtime.simulator.presets import PRESETS
-
     if not isinstance(data, dict):
         raise ArchError(f"{source}: expected a table of fields, got {type(data).__name__}")
     data = dict(data)
@@ -137,3 +136,20 @@ def load_arch(path: str | os.PathLike) -> Arch:
 def save_arch(arch: Arch, path: str | os.PathLike) -> None:
     """Write ``arch`` as JSON (atomically), loadable with :func:`load_arch`."""
     atomic_write_text(path, json.dumps(arch.to_dict(), indent=2) + "\n")
+
+
+def get_arch(arch: "Arch | str") -> Arch:
+    """An :class:`Arch` from a preset name, a ``.toml``/``.json`` file path, or an Arch."""
+    if isinstance(arch, Arch):
+        return arch
+    if not isinstance(arch, str):
+        raise ArchError(f"arch must be a preset name, a .toml/.json file or an Arch, got {type(arch).__name__}")
+    key = arch.strip().lower()
+    if key in PRESETS:
+        return PRESETS[key]
+    if key.endswith((".toml", ".json")):
+        return load_arch(arch)
+    raise ArchError(
+        f"unknown architecture {arch!r}; presets: {', '.join(PRESETS)} "
+        f"(or pass a .toml/.json file or a crisp.runtime.simulator.Arch)"
+    )

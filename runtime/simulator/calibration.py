@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from crisp.runtime.simulator.arch import Arch
 from crisp.runtime.simulator.engine import simulate_specs
-from crisp.runtime.simulator.presets import get_arch
+from crisp.runtime.simulator.arch_io import get_arch
 from crisp.runtime.simulator.workload import LayerSpec
 
 # (M, K, N) -> input activation density Sparseloop used (2 decimals, as it was passed)

@@ -87,22 +87,3 @@ DEFAULT_COMPARISON = ("crisp-stc", "nvidia-stc", "dstc", "tc")
 
 def preset_names() -> list[str]:
     return list(PRESETS)
-
-
-def get_arch(arch: "Arch | str") -> Arch:
-    """An :class:`Arch` from a preset name, a ``.toml``/``.json`` file path, or an Arch."""
-    if isinstance(arch, Arch):
-        return arch
-    if not isinstance(arch, str):
-        raise ArchError(f"arch must be a preset name, a .toml/.json file or an Arch, got {type(arch).__name__}")
-    key = arch.strip().lower()
-    if key in PRESETS:
-        return PRESETS[key]
-    if key.endswith((".toml", ".json")):
-        from crisp.runtime.simulator.arch_io import load_arch
-
-        return load_arch(arch)
-    raise ArchError(
-        f"unknown architecture {arch!r}; presets: {', '.join(PRESETS)} "
-        f"(or pass a .toml/.json file or a crisp.runtime.simulator.Arch)"
-    )
