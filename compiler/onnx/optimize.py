@@ -20,14 +20,15 @@ from typing import Any, Iterable
 
 import numpy as np
 import onnx
-from tqdm.auto import tqdm
 
 from crisp.onnx import compact as onnx_compact
 from crisp.errors import CrispError, ModelError
 from crisp.fileio import atomic_write_text
+from crisp.progress import progress as progress_bar
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 from crisp.sparsity.gemm_view import gemm_to_weight, weight_to_gemm
 from crisp.onnx.io import check_input, default_opset, initializer_map, load_model, skeleton, tensor_nbytes, upgrade_opset
+from crisp.onnx.saliency import onnx_taylor_saliency
 from crisp.onnx.weights import find_layers, set_out_positions
 from crisp.sparsity.pattern import Pattern, check_sparsity, resolve_pattern
 from crisp.sparsity.selection import select_hybrid_masks
@@ -249,9 +250,7 @@ def optimize_onnx_with_report(
     if saliency == "magnitude":
         saliencies = {layer.name: weight_to_gemm(weights[layer.name]).abs() for layer in pruned}
     else:
-        from crisp.onnx.to_fx import taylor_saliency
-
-        saliencies = taylor_saliency(model, pruned, calibration, classes)
+        saliencies = onnx_taylor_saliency(model, pruned, calibration, classes)
     selection = select_hybrid_masks(saliencies, pat, target)
 
     report = OnnxOptimizeReport(source, format, f"{pat.n}:{pat.m}", pat.block, saliency, target,
@@ -281,8 +280,8 @@ def _rewrite(model, pruned, weights, selection, pattern, format, body, metadata,
     """Write every pruned layer (in place) and the metadata; return the masks in ONNX layout."""
     masks: dict[str, np.ndarray] = {}
     functions = onnx_compact.FunctionSet(pattern, default_opset(model), body)
-    quiet = (not progress) if progress is not None else (None if len(pruned) >= 20 else True)  # None: bar on a terminal
-    for layer in tqdm(pruned, desc="crisp optimize", unit="layer", disable=quiet, leave=False):
+    shown = progress if progress is not None else (None if len(pruned) >= 20 else False)  # None: bar on a terminal
+    for layer in progress_bar(pruned, enabled=shown, desc="crisp optimize", unit="layer"):
         weight = weights[layer.name]
         mask = gemm_to_weight(selection.layers[layer.name].mask, layer.weight_shape)
         masks[layer.name] = layer.weight_to_onnx(mask)

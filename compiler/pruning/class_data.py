@@ -9,8 +9,9 @@ renumbers their labels (for a shrunk classifier head). Every problem the user ca
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -87,6 +88,51 @@ def split_batch(batch: object, index: int, name: str) -> tuple[torch.Tensor, tor
             "the first input dimension must be the batch"
         )
     return x, y.long()
+
+
+def _is_array(x: object) -> bool:
+    return isinstance(x, (np.ndarray, torch.Tensor))
+
+
+class CalibrationBatches:
+    """Re-iterable ``(input, label)`` batches from the other forms calibration data takes.
+
+    ``data`` is an iterable of ``(input, label)`` batches (passed through), one ``(inputs,
+    labels)`` pair of arrays (cut into batches of ``batch_size``), or inputs without labels (one
+    array, or an iterable of input batches), which ``label(inputs)`` labels (e.g. the model's own
+    predictions). Inputs are cast to ``dtype`` when given. The batches are checked downstream by
+    :class:`ClassBatches`.
+    """
+
+    def __init__(self, data: object, *, label: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 dtype: torch.dtype | None = None, batch_size: int = 32, name: str = "calibration data"):
+        self.label, self.dtype, self.batch_size, self.name = label, dtype, batch_size, name
+        self.pair = (isinstance(data, (tuple, list)) and len(data) == 2 and all(_is_array(d) for d in data)
+                     and len(data[0]) == len(data[1]) and np.ndim(data[1]) == 1)
+        self.data = data if self.pair or _is_array(data) else reiterable(data, name)
+
+    def _labelled(self, x: object, y: object, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.as_tensor(x)
+        x = x if self.dtype is None else x.to(self.dtype)
+        if y is None:
+            if self.label is None:
+                raise DataError(f"{self.name} batch {index} has no labels: pass (input, label) batches")
+            y = self.label(x)
+        return x, torch.as_tensor(y)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.pair or _is_array(self.data):
+            x, y = (self.data if self.pair else (self.data, None))
+            for i, start in enumerate(range(0, len(x), self.batch_size)):
+                end = start + self.batch_size
+                yield self._labelled(x[start:end], None if y is None else y[start:end], i)
+            return
+        for i, batch in enumerate(self.data):
+            if _is_array(batch):
+                yield self._labelled(batch, None, i)
+            else:
+                x, y = split_batch(batch, i, self.name)
+                yield self._labelled(x, y, i)
 
 
 class ClassBatches:

@@ -15,6 +15,7 @@ from crisp.errors import CrispError, ModelError, PatternError
 from crisp.onnx.io import OnnxInputError, constant_node_value, save_model
 from crisp.onnx.optimize import AlreadyOptimizedError, optimize_onnx, optimize_onnx_with_report
 from crisp.onnx.to_fx import OnnxImportError
+from crisp.pruning.class_data import DataError
 from crisp.sparsity.pattern import Pattern
 from crisp.sparsity.pattern_check import hybrid_violation
 
@@ -303,16 +304,19 @@ def test_taylor_saliency_on_the_imported_graph():
 
 
 def test_taylor_saliency_errors():
+    # the ONNX path runs crisp's one Taylor saliency, so it refuses bad data as crisp.prune does (DataError)
     model = zoo(unknown_op=False)
     xs = np.random.default_rng(3).standard_normal((8, 3, 12, 12)).astype(np.float32)
     labels = np.arange(8) % 3
-    with pytest.raises(ModelError, match="outside the model's 12 outputs"):
+    with pytest.raises(DataError, match=r"classes \[50\] are outside the model's outputs: it predicts 12 classes"):
         optimize_onnx(model, saliency="taylor", calibration=(xs, labels), classes=[1, 50])
-    with pytest.raises(ModelError, match="empty"):
+    with pytest.raises(DataError, match="empty"):
         optimize_onnx(model, saliency="taylor", calibration=(xs, labels), classes=[])
-    with pytest.raises(ModelError, match="no samples of classes"):
+    with pytest.raises(DataError, match="no batch of user-class samples"):
         optimize_onnx(model, saliency="taylor", calibration=(xs, labels), classes=[7])
-    with pytest.raises(ModelError, match="integer class ids"):
+    with pytest.raises(DataError, match="integer class ids"):
         optimize_onnx(model, saliency="taylor", calibration=[(xs, labels.astype(np.float32))])
+    with pytest.raises(DataError, match="empty"):
+        optimize_onnx(model, saliency="taylor", calibration=[])
     with pytest.raises(OnnxImportError, match="'mystery'.*LpNormalization.*magnitude"):
         optimize_onnx(zoo(), saliency="taylor", calibration=xs)
