@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-import sys
+import logging
 from typing import Any, Callable, Sequence
 
 import torch
@@ -14,7 +14,10 @@ from crisp.errors import ModelError
 from crisp.ir.tracing import layers_of, trace
 from crisp.sparsity.pattern import Pattern, check_sparsity, resolve_pattern
 from crisp.pipeline import default_pipeline
+from crisp.progress import note
 from crisp.report import Report
+
+log = logging.getLogger(__name__)
 
 
 def _as_inputs(example_inputs) -> tuple:
@@ -96,8 +99,7 @@ def compile(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         original = _eval_copy(model)
-        if progress:
-            print(f"crisp: tracing {type(model).__name__} ...", file=sys.stderr, flush=True)
+        note(log, progress, "crisp: tracing %s ...", type(model).__name__)
         gm = trace(_eval_copy(model), leaf_modules=exclude + leaf_modules)
         pipeline = default_pipeline(original, inputs, p, kappa, saliency_fn, exclude, verify=verify, progress=progress)
         lowered = pipeline(gm).graph_module

@@ -9,6 +9,7 @@ import sys
 
 from crisp import commands
 from crisp.errors import CrispError
+from crisp.progress import log_to_stderr
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with log_to_stderr():  # progress and notes of the library appear on stderr, one line each
+            return int(args.func(args) or 0)
     except CrispError as exc:
         print(f"crisp: error: {exc}", file=sys.stderr)
         return 1

@@ -13,15 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crisp.progress import progress as progress_bar
 from crisp.pruning.distributed import all_reduce_sums, rank
-
-
-def progress_bar(iterable: Iterable, *, enabled: bool, desc: str, total: int | None = None):
-    if not enabled or rank() != 0:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
 
 def train_epoch(
@@ -36,7 +29,7 @@ def train_epoch(
     """One epoch of training; returns the mean loss over samples (over all ranks)."""
     model.train()
     total = torch.zeros(2, dtype=torch.float64)
-    for x, y in progress_bar(batches, enabled=progress, desc=desc):
+    for x, y in progress_bar(batches, enabled=progress and rank() == 0, desc=desc):
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
         else:

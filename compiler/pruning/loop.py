@@ -15,8 +15,8 @@ evaluate, record a :class:`StepRecord` and call the callbacks.
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,7 +33,9 @@ from crisp.sparsity.pattern import Pattern
 from crisp.pruning.saliency import TaylorAccumulator, magnitude_saliency
 from crisp.sparsity.selection import SelectionResult, select_hybrid_masks
 from crisp.pruning.ste import bake_masks, latent_weight, set_ste_masks
+from crisp.progress import note
 
+log = logging.getLogger(__name__)
 SelectFn = Callable[[dict[str, torch.Tensor], float], dict[str, torch.Tensor]]
 
 
@@ -292,8 +294,7 @@ def run_schedule(
             seconds=time.perf_counter() - start,
         )
         records.append(record)
-        if show:
-            print(record.line(len(schedule)), file=sys.stderr, flush=True)
+        note(log, show, record.line(len(schedule)))
         for cb in callbacks:
             cb(record)
     return records
