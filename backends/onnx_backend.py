@@ -29,7 +29,11 @@ from crisp.errors import CrispError, ModelError
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 from crisp.ir.layer_info import META_KEY, LayerInfo
 
-from crisp.onnx.compact import MIN_OPSET, FunctionSet, finish_compact_model, write_compact_layer
+from crisp.onnx.compact import MIN_OPSET, FunctionSet
+from crisp.onnx.io import save_model
+from crisp.onnx.optimize import crisp_version
+from crisp.onnx.weights import find_layers
+from crisp.onnx.write import finish_compact_model, write_compact_layer
 from crisp.backends.registry import BackendInput, BackendOutput, register_backend
 
 LOWERED_KEY = "crisp_lowered_from"
@@ -112,8 +116,6 @@ def export_lowered_to_onnx(
 ) -> onnx.ModelProto:
     """The compact ONNX model of a lowered graph (see the module docstring); ``body`` as in
     :func:`crisp.onnx.optimize.optimize_onnx_with_report`."""
-    from crisp.onnx.weights import find_layers
-
     if opset < MIN_OPSET:
         raise OnnxExportError(f"opset {opset} is too old for crisp's ONNX functions; use opset >= {MIN_OPSET}")
     dense_gm, weights = _dense_equivalent(graph_module)
@@ -163,8 +165,6 @@ def _match_by_value(onnx_layers: dict, inits: dict, hst: HybridSparseTensor):
 
 
 def _metadata_for(layers: list[LayerInfo], report: Any = None) -> dict[str, str]:
-    from crisp.onnx.optimize import crisp_version
-
     pruned = [i for i in layers if i.compact is not None]
     p = pruned[0].compact.pattern
     meta = {"crisp.version": crisp_version(), "crisp.format": "compact", "crisp.pattern": f"{p.n}:{p.m}",
@@ -182,8 +182,6 @@ def export_compiled_to_onnx(compiled: Any, path: str | os.PathLike | None = None
                             opset: int = DEFAULT_OPSET, external_data: bool | None = None, body: str = "auto") -> onnx.ModelProto:
     """``CompiledModel.to_onnx(path)``: the compact ONNX model of a compiled model, written
     atomically to ``path`` when given, and returned."""
-    from crisp.onnx.io import save_model
-
     graph_module = getattr(compiled, "graph_module", None)
     layers = getattr(compiled, "layers", None)
     if not isinstance(graph_module, fx.GraphModule) or layers is None:

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import numpy as np
 import onnx
 
-from crisp.onnx import compact as onnx_compact
+from crisp.onnx.compact import BODIES, DOMAIN, MIN_OPSET, FunctionSet
 from crisp.errors import CrispError, ModelError
 from crisp.fileio import atomic_write_text
 from crisp.progress import progress as progress_bar
@@ -30,6 +30,7 @@ from crisp.sparsity.gemm_view import gemm_to_weight, weight_to_gemm
 from crisp.onnx.io import check_input, default_opset, initializer_map, load_model, skeleton, tensor_nbytes, upgrade_opset
 from crisp.onnx.saliency import onnx_taylor_saliency
 from crisp.onnx.weights import find_layers, set_out_positions
+from crisp.onnx.write import finish_compact_model, write_compact_layer, write_dense_layer
 from crisp.sparsity.pattern import Pattern, check_sparsity, resolve_pattern
 from crisp.sparsity.selection import select_hybrid_masks
 
@@ -217,8 +218,8 @@ def optimize_onnx_with_report(
     target = check_sparsity(sparsity, pat)
     if format not in FORMATS:
         raise ModelError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-    if body not in onnx_compact.BODIES:
-        raise ModelError(f"body must be one of {', '.join(onnx_compact.BODIES)}, got {body!r}")
+    if body not in BODIES:
+        raise ModelError(f"body must be one of {', '.join(BODIES)}, got {body!r}")
     if saliency not in SALIENCIES:
         raise ModelError(f"saliency must be one of {', '.join(SALIENCIES)}, got {saliency!r}")
     if saliency == "taylor" and calibration is None:
@@ -231,7 +232,7 @@ def optimize_onnx_with_report(
     opset_in = default_opset(model)
     if format == "compact":
         known_infos = {v.name for v in model.graph.value_info}
-        model = upgrade_opset(model, onnx_compact.MIN_OPSET)
+        model = upgrade_opset(model, MIN_OPSET)
         _keep_value_info(model, known_infos)
 
     layers = find_layers(model, exclude)
@@ -279,18 +280,18 @@ def _read(model_or_path) -> tuple[onnx.ModelProto, str]:
 def _rewrite(model, pruned, weights, selection, pattern, format, body, metadata, progress) -> dict[str, np.ndarray]:
     """Write every pruned layer (in place) and the metadata; return the masks in ONNX layout."""
     masks: dict[str, np.ndarray] = {}
-    functions = onnx_compact.FunctionSet(pattern, default_opset(model), body)
+    functions = FunctionSet(pattern, default_opset(model), body)
     shown = progress if progress is not None else (None if len(pruned) >= 20 else False)  # None: bar on a terminal
     for layer in progress_bar(pruned, enabled=shown, desc="crisp optimize", unit="layer"):
         weight = weights[layer.name]
         mask = gemm_to_weight(selection.layers[layer.name].mask, layer.weight_shape)
         masks[layer.name] = layer.weight_to_onnx(mask)
         if format == "dense":
-            onnx_compact.write_dense_layer(model, layer, weight * mask)
+            write_dense_layer(model, layer, weight * mask)
         else:
-            onnx_compact.write_compact_layer(model, layer, HybridSparseTensor.from_dense(weight, mask, pattern), functions)
+            write_compact_layer(model, layer, HybridSparseTensor.from_dense(weight, mask, pattern), functions)
     if format == "compact":
-        onnx_compact.finish_compact_model(model, functions, pruned, metadata)
+        finish_compact_model(model, functions, pruned, metadata)
     else:
         onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **metadata})
     return masks
@@ -324,8 +325,8 @@ def _fill_report(report: OnnxOptimizeReport, model: onnx.ModelProto, layers, sel
 def refuse_crisp_output(model: onnx.ModelProto, label: str) -> None:
     """Raise AlreadyOptimizedError when ``model`` carries crisp's metadata, domain or functions."""
     marks = [p.key for p in model.metadata_props if p.key.startswith(METADATA_PREFIX)]
-    marks += [f"opset domain {o.domain!r}" for o in model.opset_import if o.domain == onnx_compact.DOMAIN]
-    marks += [f"function {f.name}" for f in model.functions if f.domain == onnx_compact.DOMAIN][:1]
+    marks += [f"opset domain {o.domain!r}" for o in model.opset_import if o.domain == DOMAIN]
+    marks += [f"function {f.name}" for f in model.functions if f.domain == DOMAIN][:1]
     if marks:
         raise AlreadyOptimizedError(
             f"{label} is already an output of crisp ({marks[0]}); optimizing it again would compress twice. "
