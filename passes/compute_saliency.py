@@ -1,6 +1,6 @@
 """ComputeSaliency: score every weight of the prunable layers.
 
-``method="magnitude"`` gives ``|W|`` (data-free). Any callable ``fn(module) -> {param name:
+``method="magnitude"`` gives ``|W|`` (data-free, :func:`crisp.pruning.saliency.magnitude_saliency`). Any callable ``fn(module) -> {param name:
 tensor}`` plugs in instead (e.g. class-aware Taylor saliency computed on calibration data); the
 graph module passed to it has the user's parameter names.
 """
@@ -14,15 +14,10 @@ from torch import fx, nn
 
 from crisp.errors import ModelError
 from crisp.ir.tracing import layer_nodes
-
 from crisp.passes.base import CrispPass
+from crisp.pruning.saliency import magnitude_saliency
 
 SaliencyFn = Callable[[nn.Module], dict[str, torch.Tensor]]
-
-
-def magnitude_saliency(module: nn.Module) -> dict[str, torch.Tensor]:
-    """``|W|`` for every parameter (data-free saliency)."""
-    return {name: p.detach().abs() for name, p in module.named_parameters()}
 
 
 class ComputeSaliency(CrispPass):
@@ -30,18 +25,19 @@ class ComputeSaliency(CrispPass):
     adds = ("saliency",)
 
     def __init__(self, method: "str | SaliencyFn" = "magnitude"):
-        if method == "magnitude":
-            self.fn: SaliencyFn = magnitude_saliency
-        elif callable(method):
+        self.fn: SaliencyFn | None = None  # None: magnitude of the prunable layers' weights
+        if callable(method):
             self.fn = method
-        else:
+        elif method != "magnitude":
             raise ModelError(f"unknown saliency {method!r}; use 'magnitude' or a callable module -> {{param name: tensor}}")
 
     def call(self, graph_module: fx.GraphModule) -> bool:
-        scores = self.fn(graph_module)
-        for _, info in layer_nodes(graph_module):
-            if not info.prunable:
-                continue
+        layers = [info for _, info in layer_nodes(graph_module) if info.prunable]
+        if self.fn is None:
+            scores = magnitude_saliency(graph_module, [info.weight_name for info in layers])
+        else:
+            scores = self.fn(graph_module)
+        for info in layers:
             sal = scores.get(info.weight_name)
             if sal is None:
                 raise ModelError(f"the saliency function gave no score for layer {info.name!r} ({info.weight_name})")

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from crisp.errors import ModelError
-
 from crisp.commands.common import add_pattern_args
+from crisp.errors import ModelError
+from crisp.onnx.io import OnnxOutputError, save_model
+from crisp.onnx.optimize import optimize_onnx_with_report
 
 
 def register(sub) -> None:
@@ -63,8 +64,6 @@ def _classes(text: str | None) -> list[int] | None:
 
 def _check_output(path: str) -> None:
     """Fail before the work when the output cannot be written."""
-    from crisp.onnx.io import OnnxOutputError
-
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if target.is_dir():
@@ -76,9 +75,6 @@ def _check_output(path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crisp.onnx.io import save_model
-    from crisp.onnx.optimize import optimize_onnx_with_report
-
     _check_output(args.output)
     if args.report:
         _check_output(args.report)

@@ -112,3 +112,11 @@ def test_compile_with_taylor_uses_the_same_saliency():
                                    crisp.Pattern(2, 4, 8), 0.7)
     mask = compiled.masks["4.weight"].bool()
     assert torch.equal(weight_to_gemm(mask), expected.layers["4.weight"].mask)
+
+
+def test_one_magnitude_saliency_for_the_pass_and_the_api():
+    import crisp
+    from crisp.passes import ComputeSaliency, magnitude_saliency as pass_magnitude
+
+    assert pass_magnitude is crisp.magnitude_saliency
+    assert ComputeSaliency("magnitude").fn is None  # the pass scores the prunable layers with that one function
