@@ -40,7 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from digits_baselines import dense_finetune, filter_pruning, flops_ratio, out_positions, unstructured, weight_shapes  # noqa: E402
 
 from crisp.tasks.digits_data import load_digits_split, loader, subset  # noqa: E402
-from crisp.tasks.digits import class_accuracy, pretrain_small_cnn, write_text_atomic  # noqa: E402
+from crisp.fileio import atomic_write_text  # noqa: E402
+from crisp.tasks.digits import class_accuracy, pretrain_small_cnn  # noqa: E402
 from crisp.sparsity.pattern import Pattern  # noqa: E402
 from crisp.pruning.prune import prune  # noqa: E402
 from crisp.pruning.targets import find_prunable  # noqa: E402
@@ -317,7 +318,7 @@ def main(argv=None):
     if args.render_only:
         with open(os.path.join(args.out, "accuracy_digits.json")) as fh:
             result = json.load(fh)
-        write_text_atomic(markdown(result), os.path.join(args.out, "accuracy_digits.md"))
+        atomic_write_text(os.path.join(args.out, "accuracy_digits.md"), markdown(result), parents=True)
         plot(result, os.path.join(args.out, "accuracy_digits.png"))
         print(markdown(result))
         return 0
@@ -350,8 +351,8 @@ def main(argv=None):
             "seconds": time.perf_counter() - t0,
         }
         os.makedirs(args.out, exist_ok=True)
-        write_text_atomic(json.dumps(result, indent=2), os.path.join(args.out, "accuracy_digits.json"))
-        write_text_atomic(markdown(result), os.path.join(args.out, "accuracy_digits.md"))
+        atomic_write_text(os.path.join(args.out, "accuracy_digits.json"), json.dumps(result, indent=2), parents=True)
+        atomic_write_text(os.path.join(args.out, "accuracy_digits.md"), markdown(result), parents=True)
         return result
 
     jobs = sorted(user_class_sets(args.sizes, range(args.seeds)), key=lambda j: (-j[0], j[1]))  # longest first

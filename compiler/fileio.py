@@ -20,9 +20,15 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, parents: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically; ``parents=True`` first creates missing folders."""
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
+    if parents:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write {str(target)!r}: cannot create {str(directory)!r}: {exc.strerror or exc}") from exc
     if not directory.is_dir():
         raise OutputError(f"cannot write {str(target)!r}: directory {str(directory)!r} does not exist")
     try:
@@ -43,5 +49,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return target
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, *, parents: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; ``parents`` as in :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode("utf-8"), parents=parents)

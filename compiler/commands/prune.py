@@ -12,6 +12,7 @@ import json
 import torch
 
 from crisp.commands.common import add_pattern_args
+from crisp.fileio import atomic_write_text
 
 
 def register(sub) -> None:
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from crisp.pruning.class_data import DataError
     from crisp.tasks.digits_data import load_digits_split, loader
-    from crisp.tasks.digits import class_accuracy, pretrain_small_cnn, save_atomic, write_text_atomic
+    from crisp.tasks.digits import class_accuracy, pretrain_small_cnn, save_atomic
     from crisp.errors import ModelError
     from crisp.models import small_cnn
     from crisp.pruning.prune import prune
@@ -86,6 +87,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"pruned model written to {args.output}")
     if args.json:
         record = history.to_dict() | {"test_accuracy": acc, "dense_test_accuracy": dense_acc}
-        write_text_atomic(json.dumps(record, indent=2), args.json)
+        atomic_write_text(args.json, json.dumps(record, indent=2), parents=True)
         print(f"history written to {args.json}")
     return 0

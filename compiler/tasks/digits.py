@@ -5,13 +5,12 @@ evaluated on a user's classes. Used by ``crisp prune`` and ``benchmarks/accuracy
 from __future__ import annotations
 
 import io
-import os
 
 import torch
 from torch import nn
 
 from crisp.tasks.digits_data import DigitsSplit, load_digits_split, loader, subset
-from crisp.fileio import atomic_write_bytes, atomic_write_text
+from crisp.fileio import atomic_write_bytes
 from crisp.pruning.finetune import evaluate, train_epoch
 from crisp.models import small_cnn
 
@@ -40,12 +39,6 @@ def class_accuracy(model: nn.Module, dataset, classes, *, class_ids: tuple[int, 
 
 def save_atomic(obj: object, path: str) -> None:
     """``torch.save`` to ``path`` atomically (never a half-written file)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def write_text_atomic(text: str, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write_text(path, text)
+    atomic_write_bytes(path, buffer.getvalue(), parents=True)

@@ -189,7 +189,7 @@ class Comparison:
         writer.writerows(rows)
         text = buf.getvalue()
         if path is not None:
-            write_text_atomic(path, text)
+            atomic_write_text(path, text)
         return text
 
     def format_table(self) -> str:
@@ -209,7 +209,3 @@ class Comparison:
         notes = sorted({note for r in self.results.values() for note in r.notes})
         lines += [f"note: {n}" for n in notes]
         return "\n".join(lines)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    atomic_write_text(path, text)
