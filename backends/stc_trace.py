@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crisp.errors import PatternError
 from crisp.fileio import atomic_write_bytes
 from crisp.runtime.simulator.arch import Arch
 from crisp.runtime.simulator.arch_io import arch_from_dict
@@ -37,6 +38,7 @@ from crisp.runtime.simulator.records import COLUMNS, OPERANDS, OPS, unit_names
 from crisp.runtime.simulator.replay import replay
 from crisp.runtime.simulator.result import SimulationResult
 from crisp.runtime.simulator.workload import LayerSpec, offset_bits, specs_from_layers
+from crisp.sparsity.pattern import Pattern, parse_nm
 
 SCHEMA = "crisp-stc-trace"
 VERSION = "1.0"
@@ -270,14 +272,7 @@ def _totals(res: SimulationResult, trace: Trace | None = None) -> dict:
 def _pattern_header(specs: list[LayerSpec], pattern) -> dict | None:
     pats = sorted({s.pattern for s in specs if s.pattern})
     if pattern is not None:
-        from crisp.errors import PatternError
-        from crisp.sparsity.pattern import Pattern
-
-        if isinstance(pattern, Pattern):
-            want = (pattern.n, pattern.m, pattern.block)
-        else:
-            p = Pattern.parse(str(pattern), 4 * 4)
-            want = (p.n, p.m, None)
+        want = (pattern.n, pattern.m, pattern.block) if isinstance(pattern, Pattern) else (*parse_nm(str(pattern)), None)
         for s in specs:
             if s.pattern and (s.pattern[:2] != want[:2] or (want[2] is not None and s.pattern[2] != want[2])):
                 label = f"{want[0]}:{want[1]}" + (f" in {want[2]}-blocks" if want[2] else "")

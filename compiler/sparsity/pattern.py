@@ -13,6 +13,25 @@ from dataclasses import dataclass
 from crisp.errors import PatternError
 
 
+def _check_nm(n: int, m: int) -> None:
+    if m < 1:
+        raise PatternError(f"pattern m must be >= 1, got m={m}")
+    if n < 1:
+        raise PatternError(f"pattern n must be >= 1 (n:m keeps n of every m), got n={n}")
+    if n > m:
+        raise PatternError(f"pattern {n}:{m} keeps more than it groups: n must be <= m")
+
+
+def parse_nm(text: str) -> tuple[int, int]:
+    """``"2:4"`` -> ``(2, 4)``: the ``n:m`` notation, checked (1 <= n <= m); raises PatternError."""
+    parts = str(text).strip().split(":")
+    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise PatternError(f"pattern must look like 'n:m' (e.g. '2:4'), got {text!r}")
+    n, m = int(parts[0]), int(parts[1])
+    _check_nm(n, m)
+    return n, m
+
+
 @dataclass(frozen=True)
 class Pattern:
     """Keep ``n`` of every ``m`` consecutive reduction entries inside kept ``block`` x ``block`` tiles."""
@@ -26,14 +45,7 @@ class Pattern:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise PatternError(f"pattern {field} must be an integer, got {value!r}")
-        if self.m < 1:
-            raise PatternError(f"pattern m must be >= 1, got m={self.m}")
-        if self.n < 1:
-            raise PatternError(f"pattern n must be >= 1 (n:m keeps n of every m), got n={self.n}")
-        if self.n > self.m:
-            raise PatternError(
-                f"pattern {self.n}:{self.m} keeps more than it groups: n must be <= m"
-            )
+        _check_nm(self.n, self.m)
         if self.block < 1 or self.block % self.m:
             raise PatternError(
                 f"block {self.block} must be a positive multiple of m={self.m} "
@@ -43,10 +55,8 @@ class Pattern:
     @classmethod
     def parse(cls, text: str, block: int) -> "Pattern":
         """Parse ``"n:m"`` (e.g. ``"2:4"``) into a Pattern with the given block size."""
-        parts = str(text).strip().split(":")
-        if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
-            raise PatternError(f"pattern must look like 'n:m' (e.g. '2:4'), got {text!r}")
-        return cls(int(parts[0]), int(parts[1]), block)
+        n, m = parse_nm(text)
+        return cls(n, m, block)
 
     @property
     def nm_density(self) -> float:

@@ -20,21 +20,20 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from crisp.errors import PatternError
 from crisp.runtime.simulator.energy import EnergyTable, STC_45NM
 from crisp.runtime.simulator.errors import ArchError
+from crisp.sparsity.pattern import parse_nm as pattern_nm
 
 DATAFLOWS = ("simd", "outer-product")
 
 
 def parse_nm(text: str) -> tuple[int, int]:
-    """``"2:4"`` -> ``(2, 4)``; raises ArchError on anything else."""
-    parts = str(text).strip().split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ArchError(f"pattern {text!r} must look like 'n:m' (e.g. '2:4')")
-    n, m = int(parts[0]), int(parts[1])
-    if not 1 <= n <= m:
-        raise ArchError(f"pattern {text!r} needs 1 <= n <= m")
-    return n, m
+    """``"2:4"`` -> ``(2, 4)`` (:func:`crisp.sparsity.pattern.parse_nm`); raises ArchError on anything else."""
+    try:
+        return pattern_nm(text)
+    except PatternError as exc:
+        raise ArchError(f"architecture pattern {text!r} needs 1 <= n <= m in the form 'n:m' (e.g. '2:4'): {exc}") from None
 
 
 @dataclass(frozen=True)
