@@ -43,6 +43,7 @@ from crisp.tasks.digits_data import load_digits_split, loader, subset  # noqa: E
 from crisp.fileio import atomic_write_text  # noqa: E402
 from crisp.tasks.digits import class_accuracy, pretrain_small_cnn  # noqa: E402
 from crisp.sparsity.pattern import Pattern  # noqa: E402
+from crisp.tables import table  # noqa: E402
 from crisp.pruning.prune import prune  # noqa: E402
 from crisp.pruning.targets import find_prunable  # noqa: E402
 
@@ -202,7 +203,7 @@ def check_targets(table, sizes, sparsities):
 
 
 def markdown(result):
-    cfg, table = result["config"], result["summary"]
+    cfg, summary = result["config"], result["summary"]
     lines = [
         "# Accuracy on scikit-learn digits: CRISP vs baselines",
         "",
@@ -216,19 +217,16 @@ def markdown(result):
         + ("" if result.get("complete", True) else " **Partial results: the run has not finished.**"),
         "",
     ]
-    for k, per_kappa in table.items():
-        lines += [f"## {k} user classes", "", "| method | " + " | ".join(f"{int(100 * float(s))}% acc | FLOPs" for s in per_kappa) + " |",
-                  "|---|" + "---:|---:|" * len(per_kappa)]
+    for k, per_kappa in summary.items():
+        rows = []
         for method in METHODS:
-            cells = []
+            cells = [LABELS[method]]
             for kappa, methods in per_kappa.items():
-                if method not in methods:
-                    cells += ["n/a", "n/a"]
-                    continue
-                s = methods[method]
-                cells += [f"{s['mean']:.2f} +- {s['std']:.2f}", f"{s['flops_ratio']:.3f}"]
-            lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
-        lines.append("")
+                s = methods.get(method)
+                cells += ["n/a", "n/a"] if s is None else [f"{s['mean']:.2f} +- {s['std']:.2f}", f"{s['flops_ratio']:.3f}"]
+            rows.append(cells)
+        head = ["method", *(h for s in per_kappa for h in (f"{int(100 * float(s))}% acc", "FLOPs"))]
+        lines += [f"## {k} user classes", "", table(rows, head, fmt="markdown", align="l" + "rr" * len(per_kappa)), ""]
     lines += ["## Targets", ""]
     for t in result["targets"]:
         lines.append(f"- {'MET' if t['met'] else '**MISSED**'}: {t['target']} ({t['detail']})")

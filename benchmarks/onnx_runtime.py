@@ -47,6 +47,7 @@ import crisp.models
 from crisp.fileio import atomic_write_text
 from crisp.onnx.io import save_model
 from crisp.onnx.optimize import optimize_onnx_with_report
+from crisp.tables import table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("resnet50", "mobilenet_v2", "vgg16")
@@ -141,17 +142,13 @@ def markdown(results: dict) -> str:
         "90 % sparsity, magnitude saliency. Medians of repeated runs, variants timed round-robin in one process. "
         "The machine's 2 cores are shared with other work: timings are noisy.",
         "",
-        "| model | variant | file MB | load s | batch 1 ms | speedup b1 | batch 8 ms | speedup b8 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for entry in results["models"]:
-        for v, d in entry["variants"].items():
-            def cell(key, fmt):
-                return fmt.format(d[key]) if key in d else "-"
-            lines.append(f"| {entry['model']} | {v} | {d['file_bytes'] / 1e6:.2f} | {d['load_seconds']:.2f} | "
-                         f"{cell('median_ms_b1', '{:.1f}')} | {cell('speedup_b1', '{:.2f}x')} | "
-                         f"{cell('median_ms_b8', '{:.1f}')} | {cell('speedup_b8', '{:.2f}x')} |")
-    lines += ["", "## Size rule and targets", ""]
+    rows = [[entry["model"], v, f"{d['file_bytes'] / 1e6:.2f}", f"{d['load_seconds']:.2f}",
+             *(fmt.format(d[key]) if key in d else "-" for key, fmt in
+               (("median_ms_b1", "{:.1f}"), ("speedup_b1", "{:.2f}x"), ("median_ms_b8", "{:.1f}"), ("speedup_b8", "{:.2f}x")))]
+            for entry in results["models"] for v, d in entry["variants"].items()]
+    head = ["model", "variant", "file MB", "load s", "batch 1 ms", "speedup b1", "batch 8 ms", "speedup b8"]
+    lines += [table(rows, head, fmt="markdown", align="llrrrrrr"), "", "## Size rule and targets", ""]
     for entry in results["models"]:
         c = entry["variants"]["compact"]
         lines.append(

@@ -37,6 +37,7 @@ from crisp.runtime.simulator.calibration import dstc_cycle_calibration, dstc_rat
 from crisp.bench.model_workloads import model_specs
 from crisp.runtime.simulator.workload import specs_from_layers
 from crisp.simulate_api import compare_archs
+from crisp.tables import table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARCHS = ("crisp-stc", "nvidia-stc", "dstc", "tc")
@@ -215,9 +216,7 @@ def _x(v: float) -> str:
 
 
 def _table(head: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return lines
+    return table(rows, head, fmt="markdown").splitlines()
 
 
 def render_md(out: dict) -> str:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 from crisp.fileio import atomic_write_text
 from crisp.ir.layer_info import LayerInfo
+from crisp.tables import table
 
 
 @dataclass
@@ -128,9 +129,7 @@ class Report:
                 _human(r.compact_bytes) + "B", meta, f"{_human(r.macs_kept)}/{_human(r.macs_dense)}",
                 "pruned" if r.pruned else r.reason,
             ])
-        widths = [max(len(h), *(len(row[i]) for row in lines)) if lines else len(h) for i, h in enumerate(head)]
-        fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-        return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *(fmt(row) for row in lines)])
+        return table(lines, head)
 
     def summary(self) -> str:
         t = self.totals()

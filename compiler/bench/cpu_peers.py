@@ -31,6 +31,7 @@ from torch import fx, nn
 
 from crisp.sparsity.gemm_view import pad_to_blocks, weight_to_gemm
 from crisp.ir.layer_info import LayerInfo
+from crisp.tables import table
 
 
 @dataclass
@@ -346,14 +347,6 @@ def _runner(method: str, model: nn.Module, x: torch.Tensor, compiled, block: int
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
-def format_table(rows: list[list], header: list[str]) -> str:
-    """A plain-text (and Markdown-compatible) table."""
-    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells[1:])])
-
-
 def model_table(results: dict[str, dict]) -> str:
     cpu = results.get("crisp_cpu", {}).get("median_ms")
     rows = []
@@ -363,14 +356,15 @@ def model_table(results: dict[str, dict]) -> str:
             continue
         speedup = f"{r['median_ms'] / cpu:.2f}x" if cpu else "-"
         rows.append([method, f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}", speedup, f"{r['relative_error']:.1e}"])
-    return format_table(rows, ["method", "median ms", "min ms", "crisp cpu speedup",
-                               "rel. error (vs dense / masked dense model)"])
+    return table(rows, ["method", "median ms", "min ms", "crisp cpu speedup", "rel. error (vs dense / masked dense model)"],
+                 fmt="markdown", align="lrrrl")
 
 
 def layer_table(layers: list[LayerTiming]) -> str:
     rows = [[t.name, t.kind, "x".join(map(str, t.input_shape[1:])), f"{t.density:.3f}", f"{t.dense_ms:.3f}",
              f"{t.crisp_ms:.3f}", f"{t.limit_ms:.3f}", f"{t.efficiency:.2f}", t.kernel] for t in layers]
-    return format_table(rows, ["layer", "kind", "input", "density", "dense ms", "crisp ms", "limit ms", "limit/crisp", "kernel"])
+    return table(rows, ["layer", "kind", "input", "density", "dense ms", "crisp ms", "limit ms", "limit/crisp", "kernel"],
+                 fmt="markdown", align="lllrrrrrl")
 
 
 # ---------------------------------------------------------------------------- memory

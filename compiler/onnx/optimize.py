@@ -25,6 +25,7 @@ from crisp.onnx.compact import BODIES, DOMAIN, MIN_OPSET, FunctionSet
 from crisp.errors import CrispError, ModelError
 from crisp.fileio import atomic_write_text
 from crisp.progress import progress as progress_bar
+from crisp.tables import table
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 from crisp.sparsity.gemm_view import gemm_to_weight, weight_to_gemm
 from crisp.onnx.io import check_input, default_opset, initializer_map, load_model, skeleton, tensor_nbytes, upgrade_opset
@@ -143,14 +144,13 @@ class OnnxOptimizeReport:
         lines = [
             f"crisp optimize: {self.source} -> format={self.format}, pattern {self.pattern} in {self.block}x{self.block} blocks, "
             f"saliency={self.saliency}",
-            f"{'layer':<44} {'op':<7} {'gemm (rows x K)':>16} {'blocks/row':>11} {'density':>8} {'runs as':>7}  reason",
         ]
-        for layer in self.layers:
-            shape = "x".join(map(str, layer.gemm_shape)) if layer.gemm_shape else "-"
-            blocks = f"{layer.kept_blocks_per_row}/{layer.blocks_per_row}" if layer.pruned else "-"
-            dens = f"{layer.density:.3f}" if layer.density is not None else "-"
-            lines.append(f"{layer.name[-44:]:<44} {layer.op_type:<7} {shape:>16} {blocks:>11} {dens:>8} "
-                         f"{layer.execution or '-':>7}  {layer.reason}")
+        rows = [[layer.name[-44:], layer.op_type, "x".join(map(str, layer.gemm_shape)) if layer.gemm_shape else "-",
+                 f"{layer.kept_blocks_per_row}/{layer.blocks_per_row}" if layer.pruned else "-",
+                 f"{layer.density:.3f}" if layer.density is not None else "-", layer.execution or "-", layer.reason]
+                for layer in self.layers]
+        lines.append(table(rows, ["layer", "op", "gemm (rows x K)", "blocks/row", "density", "runs as", "reason"],
+                           align="llrrrrl"))
         pruned = self.pruned_layers
         lines.append(
             f"{len(pruned)}/{len(self.layers)} layers pruned; sparsity target {self.target_sparsity:.3f}, achieved "

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from crisp.fileio import atomic_write_text
+from crisp.tables import table
 
 from crisp.runtime.simulator.arch import Arch
 from crisp.runtime.simulator.energy import COMPONENTS
@@ -134,17 +135,12 @@ class SimulationResult:
                 "notes": list(self.notes)}
 
     def format_table(self) -> str:
-        lines = [self.arch.summary()]
-        lines.append(f"{'layer':32s} {'M':>5s} {'K':>6s} {'N':>6s} {'dens':>6s} {'cycles':>10s} {'bound':>7s} "
-                     f"{'util':>5s} {'energy uJ':>10s}  execution")
-        for l in self.layers:
-            lines.append(f"{l.name[:32]:32s} {l.M:5d} {l.K:6d} {l.N:6d} {l.weight_density:6.3f} {l.cycles:10d} "
-                         f"{l.bound:>7s} {l.utilization:5.2f} {l.energy_uj:10.3f}  {l.execution}")
-        lines.append(f"{'total':32s} {'':5s} {'':6s} {'':6s} {'':6s} {self.cycles:10d} {'':7s} "
-                     f"{self.utilization:5.2f} {self.energy_uj:10.3f}")
-        for note in self.notes:
-            lines.append(f"note: {note}")
-        return "\n".join(lines)
+        rows = [[l.name[:32], l.M, l.K, l.N, f"{l.weight_density:.3f}", l.cycles, l.bound, f"{l.utilization:.2f}",
+                 f"{l.energy_uj:.3f}", l.execution] for l in self.layers]
+        rows.append(["total", "", "", "", "", self.cycles, "", f"{self.utilization:.2f}", f"{self.energy_uj:.3f}", ""])
+        head = ["layer", "M", "K", "N", "dens", "cycles", "bound", "util", "energy uJ", "execution"]
+        lines = [self.arch.summary(), table(rows, head, align="lrrrrrrrrl")]
+        return "\n".join(lines + [f"note: {note}" for note in self.notes])
 
     def __repr__(self) -> str:
         return (f"SimulationResult(arch={self.arch.name!r}, layers={len(self.layers)}, cycles={self.cycles}, "
@@ -195,17 +191,12 @@ class Comparison:
     def format_table(self) -> str:
         names = list(self.results)
         base = self.results[self.baseline]
-        head = f"{'layer':32s} {'density':>7s} " + " ".join(f"{n + ' x':>14s}" for n in names)
-        lines = ["speedup over " + self.baseline + " (energy efficiency in brackets)", head]
-        for i, l in enumerate(base.layers):
-            cells = []
-            for n in names:
-                s, e = self.speedup(n)[i], self.energy_efficiency(n)[i]
-                cells.append(f"{s:6.2f} ({e:5.2f})")
-            dens = self.results[names[0]].layers[i].weight_density
-            lines.append(f"{l.name[:32]:32s} {dens:7.3f} " + " ".join(f"{c:>14s}" for c in cells))
-        cells = [f"{self.total_speedup(n):6.2f} ({self.total_energy_efficiency(n):5.2f})" for n in names]
-        lines.append(f"{'total':32s} {'':7s} " + " ".join(f"{c:>14s}" for c in cells))
+        speedups = {n: self.speedup(n) for n in names}
+        efficiencies = {n: self.energy_efficiency(n) for n in names}
+        rows = [[l.name[:32], f"{self.results[names[0]].layers[i].weight_density:.3f}",
+                 *(f"{speedups[n][i]:.2f} ({efficiencies[n][i]:5.2f})" for n in names)] for i, l in enumerate(base.layers)]
+        rows.append(["total", "", *(f"{self.total_speedup(n):.2f} ({self.total_energy_efficiency(n):5.2f})" for n in names)])
+        lines = ["speedup over " + self.baseline + " (energy efficiency in brackets)",
+                 table(rows, ["layer", "density", *(n + " x" for n in names)], align="lr" + "r" * len(names))]
         notes = sorted({note for r in self.results.values() for note in r.notes})
-        lines += [f"note: {n}" for n in notes]
-        return "\n".join(lines)
+        return "\n".join(lines + [f"note: {n}" for n in notes])
