@@ -246,8 +246,7 @@ def _fuse_layer(gm: fx.GraphModule, gemm: fx.Node, info: LayerInfo, fuse_activat
         bias = graph.get_attr(f"{holder_path}.bias") if holder.bias is not None else None
         if info.kind == "conv":
             conv = info.conv
-            geometry = (list(conv["kernel_size"]), list(conv["stride"]), list(conv["explicit_padding"]),
-                        list(conv["dilation"]), *clamp)
+            geometry = (list(conv.kernel), list(conv.strides), list(conv.padding), list(conv.dilations), *clamp)
             fused = _conv_call(graph, packed, x, attrs, bias, residual, geometry)
         else:
             fused = graph.call_function(torch.ops.crisp.hybrid_sparse_linear_fast.default,

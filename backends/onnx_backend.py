@@ -75,8 +75,7 @@ def _dense_equivalent(graph_module: fx.GraphModule) -> tuple[fx.GraphModule, dic
             if info.kind == "conv":
                 c = info.conv
                 new = graph.call_function(F.conv2d, (x, w, b), {
-                    "stride": tuple(c["stride"]), "padding": tuple(c["explicit_padding"]),
-                    "dilation": tuple(c["dilation"]), "groups": 1,
+                    "stride": tuple(c.strides), "padding": tuple(c.padding), "dilation": tuple(c.dilations), "groups": 1,
                 })
             else:
                 new = graph.call_function(F.linear, (x, w, b))
@@ -134,7 +133,7 @@ def export_lowered_to_onnx(
     except Exception as exc:  # the exporter raises many exception types; name the stage
         raise OnnxExportError(f"torch.onnx.export failed on the compiled model: {type(exc).__name__}: {exc}") from exc
     model = onnx.load_from_string(buffer.getvalue())
-    onnx_layers = {layer.weight_name: layer for layer in find_layers(model)}
+    onnx_layers = {layer.weight_name: layer for layer in find_layers(model, block=next(iter(weights.values())).pattern.block)}
     inits = {t.name: t for t in model.graph.initializer}
     matched = []
     for buffer_name, hst in weights.items():

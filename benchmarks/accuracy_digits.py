@@ -147,7 +147,7 @@ def _init_worker(state: dict, args: argparse.Namespace) -> None:
     model.eval()
     _WORKER.update(split=split, model=model, args=args, positions=out_positions(model, split.train.tensors[0][:1]),
                    shapes=weight_shapes(model),
-                   prunable=[t.name for t in find_prunable(model, Pattern(2, 4, args.block)) if t.prunable])
+                   prunable=[t.weight_name for t in find_prunable(model, Pattern(2, 4, args.block)) if t.prunable])
 
 
 def _run_job(job):

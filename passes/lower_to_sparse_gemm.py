@@ -81,12 +81,12 @@ class LowerToHybridSparseGemm(CrispPass):
                 bias = add("get_attr", f"{node.target}.bias", ()) if module.bias is not None else None
                 rows, cols = compact.shape
                 if info.kind == "conv":
-                    kh, kw = info.conv["kernel_size"]
+                    kh, kw = info.conv.kernel
                     cin = info.weight_shape[1]
                     oh, ow = node.meta["tensor_meta"].shape[-2:]
                     unfolded = add("call_function", F.unfold, (x,), {
-                        "kernel_size": (kh, kw), "dilation": info.conv["dilation"],
-                        "padding": info.conv["explicit_padding"], "stride": info.conv["stride"],
+                        "kernel_size": (kh, kw), "dilation": info.conv.dilations,
+                        "padding": info.conv.padding, "stride": info.conv.strides,
                     })  # [N, cin*kh*kw, L], cin slowest
                     split = add("call_method", "unflatten", (unfolded, 1, (cin, kh * kw)))
                     khwc = add("call_method", "permute", (split, 0, 3, 2, 1))  # [N, L, kh*kw, cin]

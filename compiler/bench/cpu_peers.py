@@ -248,8 +248,8 @@ def per_layer_times(model: nn.Module, compiled, x: torch.Tensor, **measure_kw) -
                 dense_cpu = min(t.cpu_median_ms for t in dense_runs)
                 conv = info.conv
                 xk = x_cl if channel else xi  # the layout the compiled graph feeds this kernel
-                fast = measure(lambda: fast_kernel.conv2d(xk, packed, bias, conv["kernel_size"], conv["stride"],
-                                                          conv["explicit_padding"], conv["dilation"]), **measure_kw)
+                fast = measure(lambda: fast_kernel.conv2d(xk, packed, bias, conv.kernel, conv.strides,
+                                                          conv.padding, conv.dilations), **measure_kw)
             else:
                 dense_run = measure(lambda: module(xi), **measure_kw)
                 dense, dense_cpu = dense_run.median_ms, dense_run.cpu_median_ms
@@ -405,18 +405,14 @@ class TorchGatherBmm:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.info.conv
         n, c, h, w = x.shape
-        kh, kw = conv["kernel_size"]
-        cols = F.unfold(x, (kh, kw), conv["dilation"], conv["explicit_padding"], conv["stride"])  # [N, c*kh*kw, L]
+        kh, kw = conv.kernel
+        cols = F.unfold(x, (kh, kw), conv.dilations, conv.padding, conv.strides)  # [N, c*kh*kw, L]
         cols = cols.unflatten(1, (c, kh * kw)).transpose(1, 2).flatten(1, 2)  # [N, K, L] in (kh, kw, cin)
         if self.padded_k != self.k:
             cols = F.pad(cols, (0, 0, 0, self.padded_k - self.k))
         gathered = cols[:, self.index]  # [N, nbr, kB, L]
         out = torch.matmul(self.blocks, gathered)  # [N, nbr, B, L]
-        sh, sw = conv["stride"]
-        ph, pw = conv["explicit_padding"]
-        dh, dw = conv["dilation"]
-        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        oh, ow = conv.out_size(h, w)
         return out.flatten(1, 2)[:, : self.rows].unflatten(2, (oh, ow))
 
 
@@ -435,8 +431,8 @@ def kernel_alternatives(model: nn.Module, compiled, x: torch.Tensor, **measure_k
             xi = inputs[info.name]
             x_cl = xi.contiguous(memory_format=torch.channels_last)
             conv = info.conv
-            geometry = (conv["kernel_size"], conv["stride"], conv["explicit_padding"], conv["dilation"])
-            want = F.conv2d(xi, folded.get_submodule(info.name).weight, None, conv["stride"], conv["explicit_padding"], conv["dilation"])
+            geometry = (conv.kernel, conv.strides, conv.padding, conv.dilations)
+            want = F.conv2d(xi, folded.get_submodule(info.name).weight, None, conv.strides, conv.padding, conv.dilations)
             row = {"name": info.name, "kind": info.kind_label, "density": float(info.mask.sum()) / info.mask.numel()}
             runs = {}
             rows_pack = PackedHybridWeight.from_compact(info.compact)
@@ -448,7 +444,7 @@ def kernel_alternatives(model: nn.Module, compiled, x: torch.Tensor, **measure_k
             runs["torch_gather_bmm"] = lambda: gather_bmm(xi)
 
             def reference(info=info):
-                cols = F.unfold(xi, conv["kernel_size"], conv["dilation"], conv["explicit_padding"], conv["stride"])
+                cols = F.unfold(xi, conv.kernel, conv.dilations, conv.padding, conv.strides)
                 cols = cols.unflatten(1, (xi.shape[1], -1)).transpose(1, 2).flatten(1, 2).transpose(1, 2)
                 return reference_hybrid_sparse_gemm(cols, info.compact, None).transpose(1, 2).unflatten(2, want.shape[2:])
 

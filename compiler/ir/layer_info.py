@@ -7,11 +7,11 @@ reason), saliency sets ``saliency``, selection sets ``mask``, lowering sets ``co
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
+from crisp.ir.conv_geometry import ConvGeometry
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 
 META_KEY = "crisp"
@@ -28,7 +28,7 @@ class LayerInfo:
     batch: int  # batch size of the example inputs
     prunable: bool
     reason: str  # why the layer is or is not pruned
-    conv: dict[str, Any] = field(default_factory=dict)  # kernel_size, stride, padding, dilation, groups
+    conv: ConvGeometry | None = None  # a conv's kernel, strides, dilations, pads, groups, padding mode
     saliency: torch.Tensor | None = None  # in the weight's shape
     mask: torch.Tensor | None = None  # bool, in the weight's shape
     compact: HybridSparseTensor | None = None  # set when lowered
@@ -50,10 +50,6 @@ class LayerInfo:
 
     @property
     def kind_label(self) -> str:
-        if self.kind == "conv":
-            kh, kw = self.conv.get("kernel_size", (1, 1))
-            label = f"conv{kh}x{kw}"
-            if self.conv.get("groups", 1) != 1:
-                label += " dw" if self.conv["groups"] == self.weight_shape[0] else f" g{self.conv['groups']}"
-            return label
+        if self.kind == "conv" and self.conv is not None:
+            return self.conv.label(self.weight_shape[0])
         return self.kind

@@ -1,9 +1,9 @@
 """Find the prunable layers of an ONNX graph and map their weights to crisp's GEMM view.
 
-A candidate is a ``Conv`` (2-D, one group), a ``Gemm`` whose ``B`` operand is constant, or a
-``MatMul`` whose second operand is a constant 2-D matrix. Every candidate is reported with a
-reason; those that cannot be pruned (depthwise conv, weight computed from an input, weight shared
-by several nodes, ...) stay exactly as they are.
+A candidate is a ``Conv``, a ``Gemm`` or a ``MatMul`` whose second operand is a constant. Each one
+is described as an :class:`OnnxLayer` (crisp's layer record plus its ONNX binding) and decided by the
+compiler's rule (:mod:`crisp.ir.prunable`), after the checks only a graph needs (weight constant,
+float32, not a graph input); those that stay dense are left exactly as they are.
 
 The GEMM view is the one of :mod:`crisp.sparsity.gemm_view`: rows are output channels/features and
 ``K`` runs over (kh, kw, cin) with input channels fastest. ONNX stores a MatMul weight and a
@@ -12,47 +12,42 @@ The GEMM view is the one of :mod:`crisp.sparsity.gemm_view`: rows are output cha
 
 from __future__ import annotations
 
-import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import torch
 from onnx import helper
 
-from crisp.onnx.compact import ConvGeometry
-from crisp.sparsity.gemm_view import gemm_shape, gemm_to_weight, weight_to_gemm
+from crisp.ir.conv_geometry import ConvGeometry, same_pads
+from crisp.ir.layer_info import LayerInfo
+from crisp.ir.prunable import decide, excluded_by
 from crisp.onnx.io import fold_constant_tensors, replace_with_initializers, skeleton
+from crisp.sparsity.gemm_view import gemm_shape, gemm_to_weight, weight_to_gemm
 
 PRUNABLE_DTYPES = (np.float32,)
+PAD_MODES = {"reflect": "reflect", "edge": "replicate", "wrap": "circular"}  # ONNX Pad mode -> torch padding_mode
 
 
-@dataclass
-class OnnxLayer:
-    """One candidate layer of an ONNX graph."""
+@dataclass(eq=False)
+class OnnxLayer(LayerInfo):
+    """The layer record of one candidate node, plus where it lives in the ONNX graph. ``name`` is the
+    node name (or ``"<op_type>_<index>"``), ``weight_name`` the weight initializer; ``out_positions``
+    is 0 until shape inference knows it."""
 
-    name: str  # node name (or "<op_type>_<index>" when the node has none)
-    op_type: str  # "Conv", "Gemm" or "MatMul"
-    kind: str  # "conv" or "linear"
-    node_index: int
-    input_name: str  # the activation input
-    output_name: str
-    weight_name: str
-    weight_shape: tuple[int, ...] = ()  # torch layout: conv [Cout, Cin, kh, kw], linear [rows, K]
+    op_type: str = ""  # "Conv", "Gemm" or "MatMul"
+    node_index: int = -1
+    input_name: str = ""  # the activation input
+    output_name: str = ""
     weight_transposed: bool = False  # the ONNX array is [K, rows]
     bias_name: str | None = None
-    prunable: bool = False
-    reason: str = ""
-    conv: ConvGeometry | None = None
     alpha: float = 1.0
     beta: float = 1.0
     trans_a: bool = False
-    out_positions: int | None = None  # output positions per sample, when shapes are known
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def gemm_shape(self) -> tuple[int, int]:
-        return gemm_shape(self.weight_shape)
+    weight: np.ndarray | None = None  # the (folded) weight array, ONNX layout, of a prunable layer
+    bias: np.ndarray | None = None  # a Gemm's constant C
+    body: str | None = None  # how the compact node computes, once written
+    compact_names: tuple[str, ...] = ()  # initializers of the compact node, once written
 
     def weight_from_onnx(self, array: np.ndarray) -> torch.Tensor:
         """The ONNX weight array in the torch layout of ``weight_shape``."""
@@ -76,41 +71,29 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _matches(layer: OnnxLayer, patterns: tuple[str, ...]) -> str | None:
-    for pat in patterns:
-        for candidate in (layer.name, layer.weight_name):
-            if candidate == pat or fnmatch.fnmatchcase(candidate, pat):
-                return pat
-    return None
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _conv_geometry(node: onnx.NodeProto, weight: np.ndarray) -> tuple[ConvGeometry | None, str]:
+def _conv_geometry(node: onnx.NodeProto, weight: np.ndarray, pad_mode: str) -> tuple[ConvGeometry | None, str]:
+    """The geometry of a 2-D Conv, or None and why the node cannot be described."""
     a = _attrs(node)
-    if weight.ndim != 4:
-        return None, f"{weight.ndim - 2}-D convolution (only 2-D Conv is pruned)"
-    if int(a.get("group", 1)) != 1:
-        return None, f"grouped/depthwise convolution (group={a['group']}) has no dense GEMM view"
     kh, kw = (int(v) for v in a.get("kernel_shape", weight.shape[2:]))
     if (kh, kw) != tuple(weight.shape[2:]):
         return None, f"kernel_shape {kh}x{kw} disagrees with the weight shape {tuple(weight.shape)}"
     strides = tuple(int(v) for v in a.get("strides", (1, 1)))
     dilations = tuple(int(v) for v in a.get("dilations", (1, 1)))
     pads = tuple(int(v) for v in a.get("pads", (0, 0, 0, 0)))
-    auto_pad = a.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    auto_pad = _text(a.get("auto_pad", b"NOTSET"))
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         if strides != (1, 1):
             return None, f"auto_pad={auto_pad} with stride {strides} pads by input size; re-export with explicit pads"
-        totals = [d * (k - 1) for d, k in zip(dilations, (kh, kw))]
-        small = [t // 2 for t in totals]
-        big = [t - t // 2 for t in totals]
-        begin, end = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
-        pads = (begin[0], begin[1], end[0], end[1])
+        pads = same_pads((kh, kw), dilations, upper=auto_pad == "SAME_UPPER")
     elif auto_pad == "VALID":
         pads = (0, 0, 0, 0)
     if len(strides) != 2 or len(dilations) != 2 or len(pads) != 4:
         return None, "Conv attributes are not 2-D"
-    return ConvGeometry((kh, kw), strides, dilations, pads), ""
+    return ConvGeometry((kh, kw), strides, dilations, pads, int(a.get("group", 1)), pad_mode), ""
 
 
 def _candidates(graph: onnx.GraphProto) -> list[tuple[int, onnx.NodeProto]]:
@@ -120,8 +103,35 @@ def _candidates(graph: onnx.GraphProto) -> list[tuple[int, onnx.NodeProto]]:
     ]
 
 
-def find_layers(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> list[OnnxLayer]:
-    """Every Conv/Gemm/MatMul of the main graph, with ``prunable`` and a ``reason`` filled in.
+@dataclass(frozen=True)
+class _GraphFacts:
+    """What describing a node needs to know about the rest of the graph."""
+
+    consts: dict  # name -> constant array (initializers and folded constant subgraphs)
+    uses: dict  # tensor name -> how many node inputs and graph outputs read it
+    graph_inputs: frozenset
+    pad_modes: dict  # tensor name -> padding_mode of the non-constant Pad that produces it
+
+
+def _graph_facts(graph: onnx.GraphProto, consts: dict) -> _GraphFacts:
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for i in node.input:
+            uses[i] = uses.get(i, 0) + 1
+    for o in graph.output:
+        uses[o.name] = uses.get(o.name, 0) + 1
+    pad_modes = {}
+    for node in graph.node:
+        if node.op_type == "Pad" and node.domain in ("", "ai.onnx"):
+            mode = _text(_attrs(node).get("mode", b"constant"))
+            if mode != "constant":
+                pad_modes[node.output[0]] = PAD_MODES.get(mode, mode)
+    return _GraphFacts(consts, uses, frozenset(i.name for i in graph.input), pad_modes)
+
+
+def find_layers(model: onnx.ModelProto, exclude: tuple[str, ...] = (), *, block: int) -> list[OnnxLayer]:
+    """Every Conv/Gemm/MatMul of the main graph, with ``prunable`` and a ``reason`` filled in by the
+    rule for blocks of ``block``.
 
     Weights (and biases) produced by constant subgraphs are folded into initializers in
     ``model`` (in place), so that later steps read and replace them like any other initializer.
@@ -135,79 +145,81 @@ def find_layers(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> list[O
     folded = {name: value for name, value in consts.items() if name not in initialized}
     if folded:
         replace_with_initializers(model, folded)
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for i in node.input:
-            uses[i] = uses.get(i, 0) + 1
-    graph_inputs = {i.name for i in graph.input}
-    graph_outputs = {o.name for o in graph.output}
-    return [_describe(idx, node, consts, uses, graph_inputs, graph_outputs, exclude) for idx, node in _candidates(graph)]
+    facts = _graph_facts(graph, consts)
+    return [_describe(idx, node, facts, tuple(exclude), block) for idx, node in _candidates(graph)]
 
 
-def _describe(idx, node, consts, uses, graph_inputs, graph_outputs, exclude) -> OnnxLayer:
-    weight_name = node.input[1]
-    layer = OnnxLayer(node.name or f"{node.op_type}_{idx}", node.op_type, "conv" if node.op_type == "Conv" else "linear",
-                      idx, node.input[0], node.output[0], weight_name)
+def _unbound(node: onnx.NodeProto, facts: _GraphFacts) -> str | None:
+    """Why the node's weight cannot be bound to a constant crisp may rewrite, or None."""
+    weight_name, consts = node.input[1], facts.consts
     weight = consts.get(weight_name)
     if weight is None:
-        layer.reason = ("the constant operand is the first one (crisp prunes a constant right-hand weight)"
-                        if node.input[0] in consts else "weight is computed from graph inputs, not a constant")
-        return layer
+        return ("the constant operand is the first one (crisp prunes a constant right-hand weight)"
+                if node.input[0] in consts else "weight is computed from graph inputs, not a constant")
     if node.input[0] in consts:
-        layer.reason = "both operands are constant (nothing to run at inference)"
-        return layer
+        return "both operands are constant (nothing to run at inference)"
     if weight.dtype.type not in PRUNABLE_DTYPES:
-        layer.reason = f"weight dtype {weight.dtype} is not pruned (float32 only)"
+        return f"weight dtype {weight.dtype} is not pruned (float32 only)"
+    if weight_name in facts.graph_inputs:
+        return f"weight {weight_name!r} is also a graph input (it can be overridden at run time)"
+    if weight.ndim != 2 and node.op_type != "Conv":
+        return f"{node.op_type} weight has {weight.ndim} dimensions (only 2-D weights are pruned)"
+    return None
+
+
+def _describe(idx: int, node: onnx.NodeProto, facts: _GraphFacts, exclude: tuple[str, ...], block: int) -> OnnxLayer:
+    kind = "conv" if node.op_type == "Conv" else "linear"
+    layer = OnnxLayer(name=node.name or f"{node.op_type}_{idx}", kind=kind, weight_name=node.input[1], weight_shape=(),
+                      gemm_shape=(0, 0), out_positions=0, batch=1, prunable=False, reason="", op_type=node.op_type,
+                      node_index=idx, input_name=node.input[0], output_name=node.output[0])
+    why = _unbound(node, facts)
+    weight = facts.consts.get(layer.weight_name)
+    if why is None and node.op_type == "Conv":
+        why = _bind_conv(layer, node, weight, facts)
+    elif why is None:
+        why = _bind_linear(layer, node, weight, facts)
+    if why is not None:
+        layer.reason = why
         return layer
-    if weight_name in graph_outputs or uses.get(weight_name, 0) > 1:
-        layer.reason = f"weight {weight_name!r} is shared with other nodes or outputs"
-        return layer
-    if weight_name in graph_inputs:
-        layer.reason = f"weight {weight_name!r} is also a graph input (it can be overridden at run time)"
-        return layer
-    a = _attrs(node)
-    if node.op_type == "Conv":
-        geometry, why = _conv_geometry(node, weight)
-        if geometry is None:
-            layer.reason = why
-            return layer
-        layer.conv = geometry
-        layer.weight_shape = tuple(int(d) for d in weight.shape)
-        layer.bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    elif node.op_type == "Gemm":
-        if weight.ndim != 2:
-            layer.reason = "Gemm weight is not 2-D"
-            return layer
-        layer.trans_a = bool(a.get("transA", 0))
-        layer.weight_transposed = not bool(a.get("transB", 0))
-        layer.alpha = float(a.get("alpha", 1.0))
-        layer.beta = float(a.get("beta", 1.0))
-        rows = weight.shape[1] if layer.weight_transposed else weight.shape[0]
-        if len(node.input) > 2 and node.input[2]:
-            bias = consts.get(node.input[2])
-            if bias is None:
-                layer.reason = "Gemm bias C is computed at run time"
-                return layer
-            if bias.size not in (1, rows) or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
-                layer.reason = f"Gemm bias C of shape {tuple(bias.shape)} is not one value per output"
-                return layer
-            layer.bias_name = node.input[2]
-            layer.extra["bias"] = bias
-        layer.weight_shape = tuple(int(d) for d in (weight.T.shape if layer.weight_transposed else weight.shape))
-    else:  # MatMul
-        if weight.ndim != 2:
-            layer.reason = f"MatMul weight has {weight.ndim} dimensions (only 2-D weights are pruned)"
-            return layer
+    layer.gemm_shape = gemm_shape(layer.weight_shape)
+    excluded = excluded_by((layer.name, layer.weight_name), exclude)
+    layer.prunable, layer.reason = decide(kind, layer.weight_shape, layer.conv, block, excluded=excluded,
+                                          uses=facts.uses.get(layer.weight_name, 0))
+    if layer.prunable:
+        layer.weight = weight
+    return layer
+
+
+def _bind_conv(layer: OnnxLayer, node: onnx.NodeProto, weight: np.ndarray, facts: _GraphFacts) -> str | None:
+    layer.weight_shape = tuple(int(d) for d in weight.shape)
+    if weight.ndim == 4:
+        layer.conv, why = _conv_geometry(node, weight, facts.pad_modes.get(node.input[0], "zeros"))
+        if layer.conv is None:
+            return why
+    layer.bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    return None
+
+
+def _bind_linear(layer: OnnxLayer, node: onnx.NodeProto, weight: np.ndarray, facts: _GraphFacts) -> str | None:
+    if node.op_type == "MatMul":
         layer.weight_transposed = True
         layer.weight_shape = (int(weight.shape[1]), int(weight.shape[0]))
-    pat = _matches(layer, exclude)
-    if pat is not None:
-        layer.reason = f"excluded by the user ({pat!r})"
-        return layer
-    layer.prunable = True
-    layer.reason = "pruned"
-    layer.extra["weight"] = weight
-    return layer
+        return None
+    a = _attrs(node)
+    layer.trans_a = bool(a.get("transA", 0))
+    layer.weight_transposed = not bool(a.get("transB", 0))
+    layer.alpha = float(a.get("alpha", 1.0))
+    layer.beta = float(a.get("beta", 1.0))
+    rows = weight.shape[1] if layer.weight_transposed else weight.shape[0]
+    if len(node.input) > 2 and node.input[2]:
+        bias = facts.consts.get(node.input[2])
+        if bias is None:
+            return "Gemm bias C is computed at run time"
+        if bias.size not in (1, rows) or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
+            return f"Gemm bias C of shape {tuple(bias.shape)} is not one value per output"
+        layer.bias_name, layer.bias = node.input[2], bias
+    layer.weight_shape = tuple(int(d) for d in (weight.T.shape if layer.weight_transposed else weight.shape))
+    return None
 
 
 def set_out_positions(model: onnx.ModelProto, layers: list[OnnxLayer]) -> None:

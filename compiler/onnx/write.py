@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 from crisp.errors import CrispError
 from crisp.onnx.compact.body import DOMAIN, DOMAIN_VERSION
 from crisp.onnx.compact.cost import choose_body
-from crisp.onnx.compact.functions import FunctionSet
+from crisp.onnx.compact.functions import FunctionSet, conv_attributes
 from crisp.onnx.compact.tensors import compact_node, compact_tensors, trims_rows
 from crisp.onnx.io import remove_unused_initializers
 from crisp.onnx.weights import OnnxLayer
@@ -47,7 +47,7 @@ def write_compact_layer(model: onnx.ModelProto, layer: OnnxLayer, hst: HybridSpa
     tensors = compact_tensors(hst, layer.weight_name, scale=layer.alpha if layer.op_type == "Gemm" else 1.0)
     extra_inits = tensors.all()
     if layer.op_type == "Gemm" and bias_name is not None:
-        bias = np.asarray(layer.extra["bias"], dtype=np.float32)
+        bias = np.asarray(layer.bias, dtype=np.float32)
         rows = hst.shape[0]
         if layer.beta != 1.0 or bias.shape != (rows,):
             flat = np.broadcast_to(bias.reshape(-1) * np.float32(layer.beta), (rows,)).astype(np.float32)
@@ -57,10 +57,10 @@ def write_compact_layer(model: onnx.ModelProto, layer: OnnxLayer, hst: HybridSpa
     body = functions.body
     if body == "auto":
         body = choose_body(hst, layer.kind, layer.conv.pointwise if layer.kind == "conv" else True)
-    layer.extra["body"] = body
+    layer.body = body
     if layer.kind == "conv":
         fn = functions.conv(layer.conv, has_bias, trim, tensors.index_bytes, body)
-        attrs = layer.conv.attributes(layer.weight_shape[1])
+        attrs = conv_attributes(layer.conv, layer.weight_shape[1])
     else:
         fn = functions.gemm(has_bias, trim, layer.trans_a, tensors.index_bytes, body)
         attrs = None
@@ -69,7 +69,7 @@ def write_compact_layer(model: onnx.ModelProto, layer: OnnxLayer, hst: HybridSpa
     node.CopyFrom(new)
     _replace_initializer(model, tensors.values)  # the compact values take the weight's name and place
     model.graph.initializer.extend(extra_inits[1:])
-    layer.extra["compact_names"] = [t.name for t in tensors.all()]
+    layer.compact_names = tuple(t.name for t in tensors.all())
 
 
 def add_domain(model: onnx.ModelProto) -> None:

@@ -36,7 +36,8 @@ from crisp.pruning.loop import (
     layer_summary,
     run_schedule,
 )
-from crisp.pruning.targets import PruneTarget, find_prunable
+from crisp.ir.layer_info import LayerInfo
+from crisp.pruning.targets import find_prunable
 from crisp.pruning.saliency import SALIENCY_KINDS, TaylorAccumulator, magnitude_saliency
 from crisp.pruning.schedule import sparsity_schedule
 from crisp.sparsity.selection import select_hybrid_masks
@@ -63,9 +64,9 @@ def _callbacks(callbacks: object) -> list[Callable[[StepRecord], object]]:
     return cbs
 
 
-def max_reachable_sparsity(targets: list[PruneTarget], pattern: Pattern) -> float:
+def max_reachable_sparsity(targets: list[LayerInfo], pattern: Pattern) -> float:
     """The highest sparsity the pattern reaches on these layers keeping one block per block-row."""
-    ones = {t.name: torch.ones(t.gemm_shape) for t in targets}
+    ones = {t.weight_name: torch.ones(t.gemm_shape) for t in targets}
     return select_hybrid_masks(ones, pattern, 0.999999).achieved_sparsity
 
 
@@ -136,19 +137,19 @@ def prune(
             val = ClassBatches(val_data, classes, remap=shrink_head, name="val_data")
             val.require_samples()
 
-        targets = find_prunable(work, pat, exclude)
+        targets = find_prunable(work, pat, exclude, first[:1])
         pruned = [t for t in targets if t.prunable]
         if not pruned:
-            reasons = "; ".join(f"{t.module_name}: {t.reason}" for t in targets) or "no Conv2d or Linear layers"
+            reasons = "; ".join(f"{t.name}: {t.reason}" for t in targets) or "no Conv2d or Linear layers"
             raise ModelError(f"no layer can be pruned with {pat} ({reasons})")
         reachable = max_reachable_sparsity(pruned, pat)
         if kappa > reachable + 0.005:
             raise PatternError(
                 f"sparsity {kappa:g} is unreachable with {pat}: keeping one block per block-row, "
-                f"the prunable layers ({', '.join(t.module_name for t in pruned)}) reach at most "
+                f"the prunable layers ({', '.join(t.name for t in pruned)}) reach at most "
                 f"{reachable:.4f}; lower sparsity or use a smaller block"
             )
-        names = [t.name for t in pruned]
+        names = [t.weight_name for t in pruned]
 
         if method == "crisp":
             masker = SteMasker(work, names, lambda sal, target: hybrid_select(sal, pat, target)[0])
@@ -176,7 +177,7 @@ def prune(
         schedule=list(schedule),
         class_ids=tuple(classes) if shrink_head else None,
         layers=layer_summary(masks, pat.block),
-        dense_layers={t.module_name: t.reason for t in targets if not t.prunable},
+        dense_layers={t.name: t.reason for t in targets if not t.prunable},
     )
     return work, history
 

@@ -1,52 +1,63 @@
-"""Which layers of an ``nn.Module`` CRISP prunes, by the rule the compiler uses.
+"""Which layers of an ``nn.Module`` ``crisp.prune`` prunes: every Conv2d/Linear described as a
+:class:`~crisp.ir.layer_info.LayerInfo` and decided by the compiler's rule (:mod:`crisp.ir.prunable`).
 
-Prunable: ``Conv2d`` with ``groups == 1`` and ``Linear``, whose reduction length ``K``
-(``Cin*kh*kw`` or ``in_features``) is at least one block. Grouped/depthwise convs and layers
-with ``K < block`` stay dense; :func:`find_prunable` says why for each candidate.
+With example inputs, one forward pass counts how often each layer is called (a layer called twice
+shares its weight and stays dense, as in ``crisp.compile``) and records its output positions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
+import torch
 from torch import nn
 
-from crisp.sparsity.gemm_view import gemm_shape
+from crisp.ir.layer_info import LayerInfo
+from crisp.ir.prunable import describe_module, excluded_by, weight_uses
 from crisp.sparsity.pattern import Pattern
 
-
-@dataclass(frozen=True)
-class PruneTarget:
-    name: str  # parameter name, e.g. "conv2.weight"
-    module_name: str
-    kind: str  # "conv" | "linear"
-    weight_shape: tuple[int, ...]
-    gemm_shape: tuple[int, int]
-    prunable: bool
-    reason: str
+PruneTarget = LayerInfo  # the record find_prunable returns: ``name`` is the module, ``weight_name`` the parameter
 
 
-def find_prunable(model: nn.Module, pattern: Pattern, exclude: tuple[str, ...] | list[str] = ()) -> list[PruneTarget]:
+def _is_layer(module: nn.Module) -> bool:
+    return type(module) in (nn.Conv2d, nn.Linear)
+
+
+def _run_once(model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor) -> tuple[dict[str, int], dict[str, tuple]]:
+    """Calls and last output shape of each layer in one eval-mode, no-grad forward pass (model unchanged)."""
+    calls: dict[str, int] = {name: 0 for name in layers}
+    shapes: dict[str, tuple] = {}
+
+    def hook(name):
+        def record(_module, _inputs, output):
+            calls[name] += 1
+            shapes[name] = tuple(output.shape)
+        return record
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in layers.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return calls, shapes
+
+
+def find_prunable(model: nn.Module, pattern: Pattern, exclude: Sequence[str] = (),
+                  example_inputs: torch.Tensor | None = None) -> list[LayerInfo]:
     """Every Conv2d/Linear layer with the decision and its reason, in module order."""
-    out: list[PruneTarget] = []
-    excluded = set(exclude)
-    for mod_name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            kind = "conv"
-        elif isinstance(module, nn.Linear):
-            kind = "linear"
-        else:
-            continue
-        shape = tuple(module.weight.shape)
-        rows, k = gemm_shape(shape)
-        name = f"{mod_name}.weight" if mod_name else "weight"
-        if mod_name in excluded or name in excluded:
-            ok, why = False, "excluded by the user"
-        elif kind == "conv" and module.groups != 1:
-            ok, why = False, f"grouped conv (groups={module.groups}) stays dense"
-        elif k < pattern.block:
-            ok, why = False, f"K={k} is smaller than one block ({pattern.block}); stays dense"
-        else:
-            ok, why = True, f"pruned as a {rows}x{k} GEMM"
-        out.append(PruneTarget(name, mod_name, kind, shape, (rows, k), ok, why))
-    return out
+    layers = {name: m for name, m in model.named_modules() if _is_layer(m)}
+    calls, shapes, batch = None, {}, 1
+    if example_inputs is not None:
+        calls, shapes = _run_once(model, layers, example_inputs)
+        batch = int(example_inputs.shape[0]) if example_inputs.dim() else 1
+    uses = weight_uses(layers, calls)
+    return [
+        describe_module(name, module, pattern.block, out_shape=shapes.get(name), batch=batch,
+                        excluded=excluded_by((name, f"{name}.weight"), exclude), uses=uses[name])
+        for name, module in layers.items()
+    ]

@@ -12,6 +12,7 @@ import torch
 
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 from crisp.sparsity.gemm_view import gemm_to_weight, weight_to_gemm
+from crisp.ir.conv_geometry import ConvGeometry
 from crisp.ir.layer_info import LayerInfo
 from crisp.sparsity.pattern import Pattern
 from crisp.sparsity.selection import select_hybrid_masks
@@ -42,10 +43,10 @@ def random_layers(pattern: Pattern, sparsity: float, shapes: dict | None = None,
         w = weights[name]
         mask = gemm_to_weight(masks[name], shape)
         kind = "conv" if len(shape) == 4 else "linear"
-        conv = {}
+        conv = None
         if kind == "conv":
-            conv = {"kernel_size": tuple(shape[2:]), "stride": (stride, stride), "padding": (shape[2] // 2,) * 2,
-                    "dilation": (1, 1), "groups": 1}
+            p = shape[2] // 2
+            conv = ConvGeometry(tuple(shape[2:]), (stride, stride), pads=(p, p, p, p))
         rows, k = weight_to_gemm(w).shape
         out.append(LayerInfo(
             name=name, kind=kind, weight_name=f"{name}.weight", weight_shape=tuple(shape), gemm_shape=(rows, k),

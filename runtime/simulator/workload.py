@@ -15,8 +15,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from crisp.runtime.simulator.errors import SimulationInputError
+from crisp.sparsity.gemm_view import pad_to_blocks, weight_to_gemm
+from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 
 
 def offset_bits(m: int) -> int:
@@ -134,69 +137,45 @@ class LayerSpec:
         return cls.dense(name, M, K, N)
 
     @classmethod
+    def from_hybrid_tensor(cls, name: str, hst: HybridSparseTensor, N: int, *, mask_gemm=None, **kw) -> "LayerSpec":
+        """A hybrid-sparse layer whose format numbers are ``hst``'s own: block columns (so kept blocks
+        per row), stored values, metadata bytes, index width and the paper's metadata bits. The kept
+        weights of each row in each kept block are the stored entries that the bool GEMM mask
+        ``mask_gemm`` keeps or, without a mask, the non-zero stored values."""
+        p, (M, K) = hst.pattern, hst.shape
+        nbr, k = hst.block_cols.shape
+        if mask_gemm is not None:
+            mask = pad_to_blocks(torch.as_tensor(np.asarray(mask_gemm, dtype=bool)), p.block, False)
+            kept = torch.gather(mask.reshape(nbr, p.block, -1), 2, hst.gather_columns())
+        else:
+            kept = hst.values_by_row() != 0  # [nbr, B, k * values per block row]
+        row_block_nnz = kept.reshape(nbr * p.block, k, p.values_per_block_row).sum(-1).cpu().numpy().astype(np.int64)
+        return cls(name=name, kind=kw.pop("kind", "gemm"), M=M, K=K, N=N, pattern=(p.n, p.m, p.block),
+                   block_cols=hst.block_cols.cpu().numpy().astype(np.int64), row_block_nnz=row_block_nnz,
+                   stored_values=int(hst.num_values), metadata_bytes=int(hst.metadata_nbytes),
+                   index_bytes=int(hst.block_cols.element_size()), paper_metadata_bits=float(hst.paper_metadata_bits), **kw)
+
+    @classmethod
     def from_mask(cls, name: str, mask_gemm, pattern, N: int, **kw) -> "LayerSpec":
         """A hybrid-sparse layer from its bool GEMM mask ``[M, K]`` (numpy or torch) and a
-        :class:`crisp.sparsity.pattern.Pattern`, laid out exactly as the compact format stores it
-        (every block-row holds ``k`` = the largest kept-block count, padded with unkept
-        blocks of the lowest column indices)."""
-        mask = np.asarray(mask_gemm.detach().cpu().numpy() if hasattr(mask_gemm, "detach") else mask_gemm, dtype=bool)
-        M, K = mask.shape
-        b, n, m = pattern.block, pattern.n, pattern.m
-        nbr, nbc = -(-M // b), -(-K // b)
-        padded = np.zeros((nbr * b, nbc * b), dtype=bool)
-        padded[:M, :K] = mask
-        per_row_block = padded.reshape(nbr * b, nbc, b).sum(2, dtype=np.int64)  # [Mpad, nbc]
-        kept = per_row_block.reshape(nbr, b, nbc).sum(1) > 0  # [nbr, nbc]
-        k = int(kept.sum(1).max()) if nbr else 0
-        key = (~kept).astype(np.int64) * nbc + np.arange(nbc)
-        block_cols = np.sort(np.argsort(key, axis=1, kind="stable")[:, :k], axis=1)
-        rows_block = np.repeat(block_cols, b, axis=0)  # [Mpad, k]
-        row_block_nnz = np.take_along_axis(per_row_block, rows_block, axis=1)
-        stored = nbr * k * b * (b // m) * n
-        index_bytes = 2 if nbc <= 32767 else 4
-        meta = nbr * k * index_bytes + math.ceil(stored * offset_bits(m) / 8)
-        kp = k * b
-        paper_bits = 0.0
-        if kp:
-            paper_bits = M * kp * math.floor(math.log2(kp / b)) / (b * b) + M * kp * (n / m) * math.floor(math.log2(m))
-        return cls(name=name, kind=kw.pop("kind", "gemm"), M=M, K=K, N=N, pattern=(n, m, b), block_cols=block_cols,
-                   row_block_nnz=row_block_nnz, stored_values=stored, metadata_bytes=meta,
-                   index_bytes=index_bytes, paper_metadata_bits=paper_bits, **kw)
+        :class:`crisp.sparsity.pattern.Pattern`: the spec of the compact tensor the mask gives."""
+        mask = torch.as_tensor(np.asarray(mask_gemm.detach().cpu().numpy() if hasattr(mask_gemm, "detach") else mask_gemm, dtype=bool))
+        hst = HybridSparseTensor.from_dense(mask.float(), mask, pattern)
+        return cls.from_hybrid_tensor(name, hst, N, mask_gemm=mask.numpy(), **kw)
 
     @classmethod
     def from_layer_info(cls, info) -> "LayerSpec":
-        """Spec of a compiler :class:`~crisp.ir.layer_info.LayerInfo`. A layer without ``compact``
-        is dense. Kept weights come from ``info.mask`` (or, without a mask, from the non-zero
-        stored values); block columns, stored values and metadata bytes from ``info.compact``."""
+        """Spec of a compiler :class:`~crisp.ir.layer_info.LayerInfo`. A layer without ``compact`` is
+        dense; a lowered one is the spec of its compact tensor (:meth:`from_hybrid_tensor`), whose kept
+        weights are those ``info.mask`` keeps among the stored entries."""
         M, K = (int(v) for v in info.gemm_shape)
         batch = max(1, int(info.batch or 1))
         N = int(info.out_positions) * batch
         geo = _conv_geometry(info, batch)
         if info.compact is None:
             return cls(name=info.name, kind=info.kind, M=M, K=K, N=N, **geo)
-        hst = info.compact
-        p = hst.pattern
-        if info.mask is not None:
-            from crisp.sparsity.gemm_view import weight_to_gemm
-
-            mask = weight_to_gemm(info.mask.to(bool)).cpu().numpy()
-        else:
-            mask = (hst.to_dense_gemm() != 0).cpu().numpy()
-        spec = cls.from_mask(info.name, mask, p, N, kind=info.kind, **geo)
-        block_cols = hst.block_cols.cpu().numpy().astype(np.int64)
-        if block_cols.shape == spec.block_cols.shape and not np.array_equal(block_cols, spec.block_cols):
-            # the compact tensor chose other filler blocks; take its layout
-            b = p.block
-            padded = np.zeros((spec.num_block_rows * b, spec.num_block_cols * b), dtype=bool)
-            padded[:M, :K] = mask
-            per_row_block = padded.reshape(-1, spec.num_block_cols, b).sum(2, dtype=np.int64)
-            spec.block_cols = block_cols
-            spec.row_block_nnz = np.take_along_axis(per_row_block, np.repeat(block_cols, b, axis=0), axis=1)
-        spec.stored_values = int(hst.num_values)
-        spec.metadata_bytes = int(hst.metadata_nbytes)
-        spec.index_bytes = int(hst.block_cols.element_size())
-        spec.paper_metadata_bits = float(hst.paper_metadata_bits)
-        return spec
+        mask = None if info.mask is None else weight_to_gemm(info.mask.to(bool)).cpu().numpy()
+        return cls.from_hybrid_tensor(info.name, info.compact, N, mask_gemm=mask, kind=info.kind, **geo)
 
     # ------------------------------------------------------------------ (de)serialisation
     def header(self) -> dict:
@@ -226,13 +205,10 @@ class LayerSpec:
 
 
 def _conv_geometry(info, batch: int) -> dict:
-    if info.kind != "conv" or len(info.weight_shape) != 4:
+    if info.kind != "conv" or len(info.weight_shape) != 4 or info.conv is None:
         return {}
     cout, cin_g, kh, kw = (int(v) for v in info.weight_shape)
-    groups = int(info.conv.get("groups", 1) or 1)
-    stride = info.conv.get("stride", (1, 1))
-    if isinstance(stride, int):
-        stride = (stride, stride)
+    groups, stride = info.conv.groups, info.conv.strides
     return {
         "groups": groups,
         "in_channels": cin_g * groups,

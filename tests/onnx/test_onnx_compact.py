@@ -52,7 +52,7 @@ def _conv_model(hst, geometry, bias, x_shape, body="blocks"):
     fn = fs.conv(geometry, bias is not None, oc.trims_rows(hst), tensors.index_bytes)
     inits = tensors.all() + ([numpy_helper.from_array(bias, "b")] if bias is not None else [])
     node = oc.compact_node(fn, "conv", "X", tensors, "b" if bias is not None else None, "Y", hst.shape[1],
-                           geometry.attributes(hst.weight_shape[1]))
+                           oc.conv_attributes(geometry, hst.weight_shape[1]))
     return _model(node, inits, fs.all(), x_shape)
 
 

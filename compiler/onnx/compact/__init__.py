@@ -38,7 +38,8 @@ from crisp.onnx.compact.body import BODIES, COLS_ATTR, DOMAIN, DOMAIN_VERSION, M
 from crisp.onnx.compact.cost import choose_body
 from crisp.onnx.compact.decoder import weight_function, weight_function_name
 from crisp.onnx.compact.functions import (
-    IN_CHANNELS_ATTR, ConvGeometry, FunctionSet, conv_function, conv_function_name, gemm_function, gemm_function_name,
+    IN_CHANNELS_ATTR, ConvGeometry, FunctionSet, conv_attributes, conv_function, conv_function_name, gemm_function,
+    gemm_function_name,
 )
 from crisp.onnx.compact.tensors import (
     CompactTensors, compact_node, compact_tensors, index_bytes_for, stored_value_columns, trims_rows,
@@ -46,7 +47,7 @@ from crisp.onnx.compact.tensors import (
 
 __all__ = [
     "BODIES", "COLS_ATTR", "DOMAIN", "DOMAIN_VERSION", "IN_CHANNELS_ATTR", "MIN_OPSET", "CompactTensors", "ConvGeometry",
-    "FunctionSet", "choose_body", "compact_node", "compact_tensors", "conv_function", "conv_function_name",
+    "FunctionSet", "conv_attributes", "choose_body", "compact_node", "compact_tensors", "conv_function", "conv_function_name",
     "gemm_function", "gemm_function_name", "index_bytes_for", "stored_value_columns", "trims_rows", "weight_function",
     "weight_function_name",
 ]

@@ -4,33 +4,20 @@ function a model needs once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import onnx
 
+from crisp.ir.conv_geometry import ConvGeometry
 from crisp.onnx.compact.body import BODIES, COLS_ATTR, INT64_MAX, Body, make_function
 from crisp.onnx.compact.decoder import WIDTH_FLAG, decode, dense_gemm_weight, weight_function, weight_function_name
 from crisp.sparsity.pattern import Pattern
 
 
-@dataclass(frozen=True)
-class ConvGeometry:
-    kernel: tuple[int, int]
-    strides: tuple[int, int] = (1, 1)
-    dilations: tuple[int, int] = (1, 1)
-    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right (ONNX order)
-
-    @property
-    def pointwise(self) -> bool:
-        """1x1, stride 1, no padding: the input is already the GEMM operand."""
-        return self.kernel == (1, 1) and self.strides == (1, 1) and not any(self.pads)
-
-    def attributes(self, in_channels: int) -> dict:
-        """Node attributes of the general conv function (none for a pointwise conv)."""
-        if self.pointwise:
-            return {}
-        return {"kernel_shape": list(self.kernel), "strides": list(self.strides), "pads": list(self.pads),
-                "dilations": list(self.dilations), IN_CHANNELS_ATTR: int(in_channels)}
+def conv_attributes(geometry: ConvGeometry, in_channels: int) -> dict:
+    """Node attributes of the general conv function (none for a pointwise conv)."""
+    if geometry.pointwise:
+        return {}
+    return {"kernel_shape": list(geometry.kernel), "strides": list(geometry.strides), "pads": list(geometry.pads),
+            "dilations": list(geometry.dilations), IN_CHANNELS_ATTR: int(in_channels)}
 
 
 IN_CHANNELS_ATTR = "in_channels"

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from crisp.backends.stc_trace import trace_from_layers
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
+from crisp.ir.conv_geometry import ConvGeometry
 from crisp.ir.layer_info import LayerInfo
 from crisp.sparsity.pattern import Pattern
 from crisp.runtime.simulator import COMPONENTS, get_arch
@@ -118,7 +119,7 @@ def _nested_layer(rows: int, cin: int, k: int, pattern: Pattern, keep: int, seed
     wmask = gemm_to_weight(mask, tuple(w.shape))
     return LayerInfo(name="conv", kind="conv", weight_name="conv.weight", weight_shape=tuple(w.shape),
                      gemm_shape=(rows, K), out_positions=100, batch=1, prunable=True, reason="pruned",
-                     conv={"kernel_size": (k, k), "stride": (1, 1), "groups": 1}, mask=wmask,
+                     conv=ConvGeometry((k, k)), mask=wmask,
                      compact=HybridSparseTensor.from_dense(w, wmask, pattern))
 
 
