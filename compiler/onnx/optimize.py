@@ -118,7 +118,7 @@ def optimize_onnx_with_report(
         model = upgrade_opset(model, MIN_OPSET)
         _keep_value_info(model, known_infos)
 
-    layers = find_layers(model, exclude)
+    layers = find_layers(model, exclude, block=pat.block)
     set_out_positions(model, layers)
     pruned = [layer for layer in layers if layer.prunable]
     if not pruned:
@@ -130,7 +130,7 @@ def optimize_onnx_with_report(
     pruned_bytes = sum(tensor_nbytes(inits[layer.weight_name]) for layer in pruned)
     # what crisp leaves alone: the input (re-measured if folding turned constant subgraphs into weights) less the pruned weights
     rest_bytes = (source_bytes if len(model.graph.node) == source_nodes else model.ByteSize()) - pruned_bytes
-    weights = {layer.name: layer.weight_from_onnx(layer.extra.pop("weight")) for layer in pruned}
+    weights = {layer.name: layer.weight_from_onnx(layer.weight) for layer in pruned}
     if saliency == "magnitude":
         saliencies = {layer.name: weight_to_gemm(weights[layer.name]).abs() for layer in pruned}
     else:
@@ -197,16 +197,16 @@ def _fill_report(report: OnnxOptimizeReport, model: onnx.ModelProto, layers, sel
     for layer in layers:
         row = OnnxLayerReport(layer.name, layer.op_type, layer.kind, layer.weight_name, list(layer.weight_shape),
                               list(layer.gemm_shape) if layer.weight_shape else [], layer.prunable, layer.reason,
-                              out_positions=layer.out_positions)
+                              out_positions=layer.out_positions or None)
         if layer.prunable:
             chosen = selection.layers[layer.name]
             row.kept_blocks_per_row, row.blocks_per_row = chosen.kept_blocks_per_row, chosen.blocks_per_row
             row.kept_weights, row.total_weights = chosen.kept_weights, chosen.total_weights
             row.dense_bytes = chosen.total_weights * 4
-            names = [layer.weight_name] if format == "dense" else layer.extra["compact_names"]
+            names = [layer.weight_name] if format == "dense" else list(layer.compact_names)
             row.stored_bytes = sum(sizes.get(n, 0) for n in names)
             row.metadata_bytes = sum(sizes[n] for n in names[1:])
-            row.execution = layer.extra.get("body")
+            row.execution = layer.body
             crisp_tensors.update(names)
         report.layers.append(row)
     report.dense_weight_bytes = sum(r.dense_bytes for r in report.pruned_layers)
