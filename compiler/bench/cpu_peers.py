@@ -31,6 +31,7 @@ from torch import fx, nn
 
 from crisp.sparsity.gemm_view import pad_to_blocks, weight_to_gemm
 from crisp.ir.layer_info import LayerInfo
+from crisp.errors import CrispError
 from crisp.tables import table
 
 
@@ -134,9 +135,10 @@ class _GemmLayer(nn.Module):
                 warnings.simplefilter("ignore")
                 self.matrix = gemm.to_sparse_bsr((block, block))
         else:
-            import scipy.sparse
-
-            self.matrix = scipy.sparse.bsr_matrix(gemm.numpy(), blocksize=(block, block))
+            sparse = scipy_sparse()
+            if sparse is None:
+                raise CrispError(f"the scipy_bsr peer needs {SCIPY_MISSING}")
+            self.matrix = sparse.bsr_matrix(gemm.numpy(), blocksize=(block, block))
         self.padded_k = gemm.shape[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -264,6 +266,16 @@ def per_layer_times(model: nn.Module, compiled, x: torch.Tensor, **measure_kw) -
 
 # ---------------------------------------------------------------------------- whole model
 METHODS = ("torch_dense", "onnxruntime_dense", "torch_bsr", "scipy_bsr", "crisp_reference", "crisp_cpu")
+SCIPY_MISSING = "scipy, which is not installed: pip install 'crisp[bench]'"
+
+
+def scipy_sparse():
+    """``scipy.sparse``, or None where scipy (the ``bench`` extra) is not installed."""
+    try:
+        import scipy.sparse
+    except ImportError:
+        return None
+    return scipy.sparse
 DENSE_METHODS = ("torch_dense", "onnxruntime_dense")  # run the unpruned model
 SLOW_METHODS = ("scipy_bsr", "crisp_reference")  # hundreds of ms a run: timed once, after the others
 REFERENCE_MEMORY_LIMIT = 2 << 30  # bytes one reference-kernel gather may take before we skip it
@@ -303,6 +315,9 @@ def compare_model(model: nn.Module, x: torch.Tensor, compiled, *, block: int, th
             if method == "crisp_reference" and reference_gather_bytes(compiled, x.shape[0]) > REFERENCE_MEMORY_LIMIT:
                 gib = reference_gather_bytes(compiled, x.shape[0]) / 2**30
                 out[method] = {"skipped": f"the reference kernel would gather {gib:.1f} GiB in one layer"}
+                continue
+            if method == "scipy_bsr" and scipy_sparse() is None:
+                out[method] = {"skipped": f"needs {SCIPY_MISSING}"}
                 continue
             run = _runner(method, model, x, compiled, block, threads)
             with torch.no_grad():

@@ -33,8 +33,8 @@ class DigitsSplit:
 def _arrays() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise CrispError("the digits task needs scikit-learn: pip install scikit-learn") from exc
+    except ImportError as exc:
+        raise CrispError("the digits task needs scikit-learn, which is not installed: pip install 'crisp[digits]'") from exc
     digits = load_digits()
     return digits.images.astype(np.float32) / 16.0, digits.target.astype(np.int64)
 

@@ -1,6 +1,6 @@
 """Fig.-8-style plots: per-layer speedup and energy efficiency over dense, and sweeps.
 
-Needs matplotlib (``pip install matplotlib``); it is imported only when a plot is drawn.
+Needs matplotlib (``pip install 'crisp[plot]'``); it is imported only when a plot is drawn.
 Files are written atomically (temp file in the same directory, then renamed).
 """
 
@@ -25,7 +25,7 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise SimulationInputError("plotting needs matplotlib: pip install matplotlib") from exc
+        raise SimulationInputError("plotting needs matplotlib, which is not installed: pip install 'crisp[plot]'") from exc
     return plt
 
 
