@@ -24,7 +24,6 @@ import onnx
 from crisp.onnx.compact import BODIES, DOMAIN, MIN_OPSET, FunctionSet
 from crisp.errors import CrispError, ModelError
 from crisp.progress import progress as progress_bar
-from crisp.tables import table
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 from crisp.sparsity.gemm_view import gemm_to_weight, weight_to_gemm
 from crisp.onnx.io import check_input, default_opset, initializer_map, load_model, skeleton, tensor_nbytes, upgrade_opset

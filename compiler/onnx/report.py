@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from crisp.fileio import atomic_write_text
+from crisp.tables import table
 
 
 @dataclass
