@@ -28,6 +28,7 @@ from torch import fx
 from crisp.errors import CrispError, ModelError
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 from crisp.ir.layer_info import META_KEY, LayerInfo
+from crisp.ir.meta import LOWERED_KEY
 
 from crisp.onnx.compact import MIN_OPSET, FunctionSet
 from crisp.onnx.io import save_model
@@ -36,7 +37,6 @@ from crisp.onnx.weights import find_layers
 from crisp.onnx.write import finish_compact_model, write_compact_layer
 from crisp.backends.registry import BackendInput, BackendOutput, register_backend
 
-LOWERED_KEY = "crisp_lowered_from"
 DEFAULT_OPSET = 17
 
 

@@ -18,12 +18,11 @@ from torch import fx, nn
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 from crisp.ir.tracing import layer_nodes
 from crisp.ir.layer_info import META_KEY
+from crisp.ir.meta import LOWERED_KEY
 from crisp.sparsity.pattern import Pattern
-from crisp.runtime import ops  # noqa: F401  (registers crisp::hybrid_sparse_gemm)
+from crisp.runtime.ops import HYBRID_SPARSE_GEMM
 
 from crisp.passes.base import CrispPass
-
-LOWERED_KEY = "crisp_lowered_from"
 
 
 class CompactWeight(nn.Module):
@@ -46,12 +45,6 @@ class CompactWeight(nn.Module):
         return f"shape={self.shape}, pattern={self.pattern}, kept_blocks_per_row={self.block_cols.shape[1]}"
 
 
-def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, leaf = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    setattr(parent, leaf, module)
-
-
 class LowerToHybridSparseGemm(CrispPass):
     needs = ("layers", "masks")
     adds = ("lowered",)
@@ -66,7 +59,7 @@ class LowerToHybridSparseGemm(CrispPass):
             pattern: Pattern = graph_module.meta["crisp_sparsity"]["pattern"]
             compact = HybridSparseTensor.from_dense(module.weight.detach(), info.mask, pattern)
             holder = CompactWeight(compact, module.bias)
-            _set_submodule(graph_module, node.target, holder)
+            graph_module.set_submodule(node.target, holder)
             info.compact = compact
             created: list[fx.Node] = []
 
@@ -93,7 +86,7 @@ class LowerToHybridSparseGemm(CrispPass):
                     gemm_in = add("call_method", "flatten", (khwc, 2))  # [N, L, K], K in (kh, kw, cin)
                 else:
                     gemm_in = x
-                gemm = add("call_function", torch.ops.crisp.hybrid_sparse_gemm.default,
+                gemm = add("call_function", HYBRID_SPARSE_GEMM,
                            (gemm_in, *attrs, bias, rows, cols, pattern.n, pattern.m, pattern.block))
                 if info.kind == "conv":
                     channels_first = add("call_method", "transpose", (gemm, 1, 2))  # [N, Cout, L]

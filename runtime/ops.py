@@ -38,6 +38,9 @@ def hybrid_sparse_gemm(
     return reference_hybrid_sparse_gemm(x, weight, bias)
 
 
+HYBRID_SPARSE_GEMM = torch.ops.crisp.hybrid_sparse_gemm.default  # the overload lowered graphs call (node.target)
+
+
 @hybrid_sparse_gemm.register_fake
 def _(x, values, block_cols, offsets, bias, rows, cols, n, m, block):
     torch._check(x.shape[-1] == cols, lambda: f"hybrid_sparse_gemm expects {cols} input features, got {x.shape[-1]}")

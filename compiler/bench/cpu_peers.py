@@ -4,7 +4,7 @@ Used by ``crisp bench`` and ``benchmarks/cpu_runtime.py``. Every runner is a zer
 callable doing one inference on a fixed input; :func:`measure` times it (wall clock, medians
 after warm-up). The peers, all on the same model and (for the sparse ones) the same masks:
 
-- ``torch_dense``: eager torch, BatchNorm folded (``torch.fx.experimental.optimization.fuse``),
+- ``torch_dense``: eager torch, BatchNorm folded (:func:`crisp.ir.batchnorm.fold_batchnorms`),
   channels_last weights and input;
 - ``onnxruntime_dense``: the BN-folded model exported to ONNX, all graph optimizations on;
 - ``torch_bsr``: every pruned layer as ``unfold`` (in crisp's (kh, kw, cin) order, so the blocks
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from crisp.sparsity.gemm_view import pad_to_blocks, weight_to_gemm
+from crisp.ir.batchnorm import fold_batchnorms
 from crisp.ir.layer_info import LayerInfo
 from crisp.errors import CrispError
 from crisp.tables import table
@@ -82,10 +83,11 @@ def masked_copy(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
-    """The model traced with every Conv2d -> BatchNorm2d pair folded into the conv (eval mode)."""
-    from torch.fx.experimental.optimization import fuse
-
-    return fuse(copy.deepcopy(model).eval())
+    """The model traced with every conv/linear -> BatchNorm pair folded into the layer (eval mode)."""
+    folded = fx.symbolic_trace(copy.deepcopy(model).eval())
+    fold_batchnorms(folded)
+    folded.recompile()
+    return folded
 
 
 def torch_dense_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -175,8 +177,7 @@ def sparse_peer_runner(model: nn.Module, masks: dict[str, torch.Tensor], layers:
         if info.compact is None:
             continue
         module = folded.get_submodule(info.name)
-        parent, _, leaf = info.name.rpartition(".")
-        setattr(folded.get_submodule(parent) if parent else folded, leaf, _GemmLayer(module, block, engine))
+        folded.set_submodule(info.name, _GemmLayer(module, block, engine))
 
     def run():
         with torch.no_grad():

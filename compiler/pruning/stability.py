@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crisp.errors import ModelError
+from crisp.ir.batchnorm import batchnorm_affine
 from crisp.sparsity.gemm_view import weight_to_gemm
 
 _PASS_MODULES = (
@@ -86,13 +87,6 @@ class _Layer:
     scale: torch.Tensor | None  # BatchNorm scale folded into the rows
 
 
-def _bn_scale(bn: nn.Module) -> torch.Tensor:
-    scale = 1.0 / torch.sqrt(bn.running_var.detach().to(torch.float64) + bn.eps)
-    if bn.affine:
-        scale = scale * bn.weight.detach().to(torch.float64)
-    return scale
-
-
 def _chain_layers(model: nn.Module) -> list[_Layer]:
     """Weight layers of a chain classifier in order, BatchNorm folded; refuses anything else."""
     try:
@@ -126,7 +120,7 @@ def _chain_layers(model: nn.Module) -> list[_Layer]:
                 layers.append(_Layer(f"{node.target}.weight", node.target, g, None))
                 pending_fold = True
             elif isinstance(mod, _BN):
-                scale = _bn_scale(mod)
+                scale, _ = batchnorm_affine(mod, torch.float64)
                 if pending_fold:
                     last = layers[-1]
                     last.matrix = last.matrix * scale[:, None]

@@ -1,0 +1,146 @@
+"""The cpu target's passes, one by one on a small lowered model: each keeps the model's numbers,
+never changes its input, records what it did, and the ``cpu`` pipeline is named in crisp.PIPELINES."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import crisp
+from crisp import Pattern
+from crisp.backends.cpu import cpu_pipeline
+from crisp.errors import CrispError, PassOrderError
+from crisp.ir.meta import CPU_KEY
+from crisp.ir.tracing import trace
+from crisp.passes import (
+    FoldDenseBatchNorms, FuseSparseLayersForCpu, LowerDenseConvs, LowerDepthwiseConvs, LowerPools, PropagateShapes,
+)
+from crisp.runtime import fast_kernel
+from crisp.sparsity.masking import relative_error
+
+needs_fast = pytest.mark.skipif(not fast_kernel.available(), reason=f"fast kernels unavailable: {fast_kernel.unavailable_reason()}")
+CPU_PASSES = (FuseSparseLayersForCpu, FoldDenseBatchNorms, LowerDepthwiseConvs, LowerDenseConvs, LowerPools)
+
+
+class Tiny(nn.Module):
+    """A dense stem (K < block) + BN, a max pool, a depthwise conv + BN + ReLU6, pruned convs with
+    BN and a residual add, a global average pool and a pruned classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.dw, self.bn1, self.act = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU6()
+        self.pw, self.bn2 = nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32)
+        self.conv, self.bn3 = nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.avg, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(32, 16)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.bn0(self.stem(x))))
+        y = self.bn2(self.pw(self.act(self.bn1(self.dw(x)))))
+        y = torch.relu(self.bn3(self.conv(y)) + y)
+        return self.fc(self.avg(y).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def lowered():
+    torch.manual_seed(0)
+    model = Tiny()
+    for bn in (model.bn0, model.bn1, model.bn2, model.bn3):  # statistics that make folding visible
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.normal_()
+    model.eval()
+    x = torch.randn(2, 1, 12, 12)
+    gm = crisp.default_pipeline(model, (x,), Pattern(2, 4, 16), 0.8)(trace(model)).graph_module
+    return gm, x
+
+
+def _snapshot(gm: torch.fx.GraphModule):
+    return gm.code, copy.deepcopy(gm.state_dict()), [type(m).__name__ for m in gm.modules()], set(gm.meta)
+
+
+def _same(gm: torch.fx.GraphModule, snapshot) -> bool:
+    code, state, modules, meta = snapshot
+    now = gm.state_dict()
+    return (gm.code == code and state.keys() == now.keys() and all(torch.equal(state[k], now[k]) for k in state)
+            and [type(m).__name__ for m in gm.modules()] == modules and set(gm.meta) == meta)
+
+
+@needs_fast
+def test_each_cpu_pass_keeps_the_numbers_and_never_mutates_its_input(lowered):
+    gm, x = lowered
+    with torch.no_grad():
+        want = gm(x)
+    records = {FuseSparseLayersForCpu: "fused", FoldDenseBatchNorms: "folded_batchnorms", LowerDepthwiseConvs: "dense_convs",
+               LowerDenseConvs: "dense_convs", LowerPools: "lowered_pools"}
+    current = gm
+    for cls in CPU_PASSES:
+        before = _snapshot(current)
+        result = cls()(current)
+        assert _same(current, before), f"{cls.__name__} changed its input"
+        assert result.modified, f"{cls.__name__} found nothing to do on the test model"
+        assert result.graph_module.meta[CPU_KEY][records[cls]], cls.__name__
+        with torch.no_grad():
+            assert relative_error(result.graph_module(x), want) <= 1e-5, cls.__name__
+        current = result.graph_module
+    done = current.meta[CPU_KEY]
+    assert set(done["fused"]) == {"pw", "conv", "fc"}
+    assert done["fused"]["conv"].startswith("conv+bias+residual+relu")
+    assert done["folded_batchnorms"] == ["bn0", "bn1"]
+    assert done["dense_convs"] == ["dw+relu6", "stem+relu"]
+    assert done["lowered_pools"] == ["pool", "avg"]
+    assert not any(isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) for m in current.modules())
+
+
+@needs_fast
+def test_each_cpu_pass_runs_alone(lowered):
+    """No cpu pass depends on another one having run: each alone still computes the model."""
+    gm, x = lowered
+    with torch.no_grad():
+        want = gm(x)
+        for cls in CPU_PASSES:
+            assert relative_error(cls()(gm).graph_module(x), want) <= 1e-5, cls.__name__
+
+
+@needs_fast
+def test_cpu_target_is_the_cpu_pipeline(lowered):
+    gm, x = lowered
+    compiled = crisp.compile(Tiny().eval(), (x,), target="cpu", pattern="2:4", block=16, sparsity=0.8, verify=False)
+    ran = cpu_pipeline()(compiled.graph_module).graph_module
+    assert ran.code == compiled.module.code
+    assert compiled.artifacts["cpu_kernels"] == "fast"
+    for key in ("fused", "folded_batchnorms", "dense_convs", "lowered_pools"):
+        assert compiled.artifacts[key] == ran.meta[CPU_KEY][key]
+
+
+def test_pipelines_list_the_cpu_pipeline_and_its_passes():
+    assert set(crisp.PIPELINES) >= {"default", "cpu"}
+    assert crisp.PIPELINES["cpu"] is cpu_pipeline
+    assert crisp.PIPELINES["cpu"].passes == CPU_PASSES
+    assert [type(p) for p in cpu_pipeline().passes] == list(CPU_PASSES)
+    assert "FuseSparseLayersForCpu -> FoldDenseBatchNorms" in repr(crisp.PIPELINES["cpu"])
+    model, x = crisp.models.build("small_cnn"), torch.randn(1, 1, 8, 8)
+    built = crisp.default_pipeline(model, (x,), Pattern(2, 4, 16), 0.8)
+    assert tuple(type(p) for p in built.passes) == crisp.PIPELINES["default"].passes
+    assert "LowerToHybridSparseGemm" in repr(built)
+
+
+def test_cpu_passes_state_what_they_need(lowered):
+    gm, x = lowered
+    traced = trace(Tiny().eval())
+    with pytest.raises(PassOrderError, match="FuseSparseLayersForCpu needs the analysis 'lowered', which LowerToHybridSparseGemm"):
+        FuseSparseLayersForCpu()(traced)
+    with pytest.raises(PassOrderError, match="LowerPools needs the analysis 'shapes', which PropagateShapes"):
+        LowerPools()(traced)
+    assert PropagateShapes((x,))(traced).graph_module is not traced
+
+
+def test_cpu_passes_refuse_without_fast_kernels(lowered, monkeypatch):
+    gm, _ = lowered
+    monkeypatch.setattr(fast_kernel, "available", lambda: False)
+    with pytest.raises(CrispError, match="LowerPools inserts crisp's fast CPU kernels.*target='reference'"):
+        LowerPools()(gm)
