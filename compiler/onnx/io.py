@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
+from onnx import numpy_helper, version_converter
 
 from crisp.errors import ModelError
 from crisp.fileio import OutputError
@@ -130,8 +131,6 @@ def upgrade_opset(model: onnx.ModelProto, minimum: int) -> onnx.ModelProto:
         raise OnnxInputError(f"opset {version} is older than crisp supports (>= {MIN_SOURCE_OPSET}); re-export the model")
     if version >= minimum:
         return model
-    from onnx import version_converter
-
     try:
         converted = version_converter.convert_version(model, minimum)
     except Exception as exc:  # the converter raises plain RuntimeError/ValueError subclasses
@@ -190,8 +189,6 @@ def fold_constant_tensors(model: onnx.ModelProto, names: list[str]) -> dict[str,
 
 
 def _fold_with_graphsurgeon(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
-    import onnx_graphsurgeon as gs
-
     graph = gs.import_onnx(model)
     tensors = graph.tensors()
     wanted = [tensors[n] for n in names if n in tensors]
