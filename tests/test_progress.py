@@ -2,20 +2,13 @@
 
 import logging
 
-import torch
-
 import crisp
 from crisp.cli import main
-from crisp.models.registry import input_shape
 from crisp.progress import log_to_stderr, logger, note, progress, reporting
 
 
-def _small():
-    return crisp.models.build("small_cnn"), torch.randn(1, *input_shape("small_cnn"))
-
-
-def test_compile_progress_lines_reach_the_logger_only_when_asked(caplog, monkeypatch):
-    model, x = _small()
+def test_compile_progress_lines_reach_the_logger_only_when_asked(caplog, monkeypatch, small_cnn):
+    model, x = small_cnn
     monkeypatch.setattr(logging.getLogger(), "level", logging.WARNING)  # INFO off: progress=True still shows
     crisp.compile(model, x, block=16, sparsity=0.8, progress=True)
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("crisp")]

@@ -94,8 +94,8 @@ def commands() -> list[tuple[int, str]]:
     out = []
     for line, code in SHELL:
         for text in code.replace("\\\n", " ").splitlines():
-            for part in text.split("&&"):
-                part = part.strip()
+            for part in text.split("#")[0].split("&&"):
+                part = " ".join(part.split())
                 if part and not part.startswith(NOT_RUN) and part not in (c for _, c in out):
                     assert part.startswith("crisp"), f"README.md:{line}: unexpected shell line {part!r}"
                     out.append((line, part))
@@ -115,7 +115,7 @@ def documented_args(command: str) -> tuple[list[str], list[str]]:
     return full, required
 
 
-@pytest.mark.parametrize("line, command", commands(), ids=[c.split("#")[0].strip() for _, c in commands()])
+@pytest.mark.parametrize("line, command", commands(), ids=[c for _, c in commands()])
 def test_shell_command_parses_and_runs(line, command, tmp_path, monkeypatch, capsys):
     full, args = documented_args(command)
     if full and full[0] != "--help":

@@ -8,11 +8,6 @@ import crisp
 from crisp.errors import CrispError, ModelError, PatternError, TraceError, UnknownTargetError
 
 
-@pytest.fixture(scope="module")
-def small():
-    return crisp.models.build("small_cnn"), torch.randn(2, 1, 8, 8)
-
-
 @pytest.mark.parametrize("kwargs,match", [
     (dict(pattern="5:4"), "n must be <= m"),
     (dict(pattern="0:4"), "n must be >= 1"),
@@ -20,19 +15,19 @@ def small():
     (dict(pattern="2:4", sparsity=0.4), "below what 2:4 alone gives"),
     (dict(pattern="2:4", sparsity=1.0), "below 1"),
 ])
-def test_bad_pattern_or_sparsity(small, kwargs, match):
+def test_bad_pattern_or_sparsity(small_cnn, kwargs, match):
     with pytest.raises(PatternError, match=match):
-        crisp.compile(*small, **kwargs)
+        crisp.compile(*small_cnn, **kwargs)
 
 
-def test_wrong_input_shape_names_the_node(small):
-    model, _ = small
+def test_wrong_input_shape_names_the_node(small_cnn):
+    model, _ = small_cnn
     with pytest.raises(ModelError, match=r"node 'conv1'.*shape \[\(2, 3, 8, 8\)\]"):
         crisp.compile(model, torch.randn(2, 3, 8, 8))
 
 
-def test_wrong_number_of_inputs(small):
-    model, x = small
+def test_wrong_number_of_inputs(small_cnn):
+    model, x = small_cnn
     with pytest.raises(ModelError, match="takes 1 input"):
         crisp.compile(model, (x, x))
 
@@ -70,8 +65,8 @@ def test_untraceable_module_is_named_with_a_way_out():
     assert torch.allclose(compiled(x), crisp.apply_masks(model, compiled.masks)(x), rtol=1e-4, atol=1e-6)
 
 
-def test_nan_or_inf_weights_name_the_layer(small):
-    model, x = small
+def test_nan_or_inf_weights_name_the_layer(small_cnn):
+    model, x = small_cnn
     bad = crisp.models.build("small_cnn")
     with torch.no_grad():
         bad.conv3.weight[0, 0, 0, 0] = float("nan")
@@ -83,14 +78,14 @@ def test_nan_or_inf_weights_name_the_layer(small):
         crisp.compile(bad, x)
 
 
-def test_unknown_target_lists_registered(small):
+def test_unknown_target_lists_registered(small_cnn):
     with pytest.raises(UnknownTargetError, match="registered targets: .*reference"):
-        crisp.compile(*small, target="tpu")
+        crisp.compile(*small_cnn, target="tpu")
 
 
-def test_unknown_exclude_name_suggests_close_match(small):
+def test_unknown_exclude_name_suggests_close_match(small_cnn):
     with pytest.raises(ModelError, match="'conv33'.*did you mean 'conv3'"):
-        crisp.compile(*small, exclude=["conv33"])
+        crisp.compile(*small_cnn, exclude=["conv33"])
 
 
 def test_not_a_module_and_bad_inputs():

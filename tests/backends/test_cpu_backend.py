@@ -3,33 +3,19 @@ and whole models equal the masked dense model."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 import crisp
 from crisp import models
 from crisp.runtime import fast_kernel
+from conftest import max_relative_error
 
 pytestmark = pytest.mark.skipif(not fast_kernel.available(), reason=f"fast kernels unavailable: {fast_kernel.unavailable_reason()}")
 
 GEMM = torch.ops.crisp.hybrid_sparse_gemm.default
 FAST = (torch.ops.crisp.hybrid_sparse_conv2d_fast.default, torch.ops.crisp.hybrid_sparse_conv2d_nhwc.default,
         torch.ops.crisp.hybrid_sparse_linear_fast.default)
-
-
-def masked_dense(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> torch.nn.Module:
-    masked = copy.deepcopy(model)
-    params = dict(masked.named_parameters())
-    with torch.no_grad():
-        for name, mask in masks.items():
-            params[name].mul_(mask)
-    return masked
-
-
-def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got - want).abs().max() / want.abs().max())
 
 
 def targets(gm: torch.fx.GraphModule) -> list:
@@ -54,12 +40,12 @@ def test_small_cnn_graph_is_rewritten_on_a_copy():
     assert GEMM not in targets(fused) and torch.nn.functional.unfold not in targets(fused)
     assert not any(name.endswith((".offsets", ".block_cols", ".values")) for name, _ in fused.named_buffers())
     with torch.no_grad():
-        want = masked_dense(model, compiled.masks)(x)
-        assert relative_error(compiled(x), want) <= 1e-4
-        assert relative_error(compiled(x), lowered(x)) <= 1e-5
+        want = crisp.apply_masks(model, compiled.masks)(x)
+        assert max_relative_error(compiled(x), want) <= 1e-4
+        assert max_relative_error(compiled(x), lowered(x)) <= 1e-5
         # the batch size stays free
         x5 = torch.randn(5, 1, 8, 8)
-        assert relative_error(compiled(x5), masked_dense(model, compiled.masks)(x5)) <= 1e-4
+        assert max_relative_error(compiled(x5), crisp.apply_masks(model, compiled.masks)(x5)) <= 1e-4
 
 
 def test_packed_weights_are_smaller_than_dense():
@@ -94,9 +80,9 @@ def test_whole_model_equals_masked_dense(name, kwargs, fusions):
     if name == "resnet50":  # its pools run on crisp's threads too
         assert compiled.artifacts["lowered_pools"] == ["maxpool", "avgpool"]
     with torch.no_grad():
-        want = masked_dense(model, compiled.masks)(x)
+        want = crisp.apply_masks(model, compiled.masks)(x)
         got = compiled(x)
-    assert relative_error(got, want) <= 1e-4
+    assert max_relative_error(got, want) <= 1e-4
 
 
 class FusionZoo(torch.nn.Module):
@@ -127,8 +113,8 @@ def test_fusion_rules_keep_semantics():
     fused = {name: d.split(" [")[0] for name, d in compiled.artifacts["fused"].items()}
     assert fused == {"conv1": "conv+bias+relu6", "conv2": "conv+bias+residual+relu", "conv3": "conv+bias"}
     with torch.no_grad():
-        want = masked_dense(model, compiled.masks)(x.clone())
-        assert relative_error(compiled(x.clone()), want) <= 1e-4
+        want = crisp.apply_masks(model, compiled.masks)(x.clone())
+        assert max_relative_error(compiled(x.clone()), want) <= 1e-4
 
 
 def test_bench_command_prints_tables_and_writes_json(tmp_path, capsys):
@@ -178,4 +164,4 @@ def test_pools_are_lowered_only_where_exact():
     compiled = crisp.compile(model, (x,), target="cpu", sparsity=0.8, block=16, verify=False)
     assert compiled.artifacts["lowered_pools"] == ["pool", "avg"]
     with torch.no_grad():
-        assert relative_error(compiled(x), masked_dense(model, compiled.masks)(x)) <= 1e-4
+        assert max_relative_error(compiled(x), crisp.apply_masks(model, compiled.masks)(x)) <= 1e-4

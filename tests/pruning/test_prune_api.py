@@ -10,7 +10,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
-from crisp.sparsity.gemm_view import as_blocks, pad_to_blocks, weight_to_gemm
+from crisp.sparsity.gemm_view import weight_to_gemm
+from conftest import assert_hybrid
 from crisp.pruning.head import to_original_classes
 from crisp.sparsity.pattern import Pattern
 from crisp.pruning.prune import prune
@@ -69,20 +70,6 @@ def crisp_run():
     return model, before, pruned, history
 
 
-def assert_hybrid(mask_w: torch.Tensor, p: Pattern) -> None:
-    """Kept blocks keep exactly n of every m (K is a multiple of m here); equal blocks per row."""
-    g = weight_to_gemm(mask_w)
-    blocks = as_blocks(pad_to_blocks(g, p.block, False), p.block)
-    kept = blocks.any(dim=(2, 3))
-    real = as_blocks(pad_to_blocks(torch.ones_like(g), p.block, False), p.block)
-    groups = blocks.reshape(*blocks.shape[:3], -1, p.m).sum(-1)
-    real_groups = real.reshape(*real.shape[:3], -1, p.m).sum(-1)
-    want = torch.where(kept[:, :, None, None] & (real_groups > 0), p.n, 0)
-    assert torch.equal(groups, want)
-    per_row = kept.sum(1)
-    assert int(per_row.min()) == int(per_row.max()) >= 1
-
-
 def test_schedule_followed_and_final_sparsity_within_001(crisp_run):
     _, _, _, h = crisp_run
     assert [round(s.target_sparsity, 6) for s in h.steps] == [round(s, 6) for s in h.schedule]
@@ -100,7 +87,7 @@ def test_final_masks_obey_the_hybrid_pattern_and_are_baked(crisp_run):
     assert set(h.dense_layers) == {"conv1", "dw"}
     params = dict(pruned.named_parameters())
     for name, mask in h.masks.items():
-        assert_hybrid(mask, PATTERN)
+        assert_hybrid(weight_to_gemm(mask), PATTERN)
         assert not bool(params[name][~mask].any())  # pruned weights are zero in the result
         HybridSparseTensor.from_dense(params[name].detach(), mask, PATTERN)  # the format holds it
     assert not any(parametrize.is_parametrized(m) for m in pruned.modules())
@@ -200,6 +187,6 @@ def test_learned_masks_keep_the_pattern_and_leave_weights_frozen():
     assert abs(h.achieved_sparsity - 0.85) <= 0.01
     params, orig = dict(pruned.named_parameters()), dict(model.named_parameters())
     for name, mask in h.masks.items():
-        assert_hybrid(mask, PATTERN)
+        assert_hybrid(weight_to_gemm(mask), PATTERN)
         assert torch.equal(params[name].detach(), orig[name].detach() * mask)  # weights frozen
     assert torch.equal(params["conv1.weight"], orig["conv1.weight"])

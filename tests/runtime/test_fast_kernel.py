@@ -16,31 +16,12 @@ from crisp.sparsity.pattern import Pattern
 from crisp.runtime import fast_kernel
 from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
 from crisp.runtime.reference_kernel import reference_hybrid_sparse_gemm
+from conftest import max_relative_error, random_hybrid_mask
 
 pytestmark = pytest.mark.skipif(not fast_kernel.available(), reason=f"fast kernels unavailable: {fast_kernel.unavailable_reason()}")
 
 PATTERNS = st.sampled_from([(1, 4), (2, 4), (3, 4)])
 BLOCKS = st.sampled_from([16, 32, 64])
-
-
-def random_hybrid_mask(rows: int, cols: int, p: Pattern, gen: torch.Generator) -> torch.Tensor:
-    """A GEMM mask with exactly n of every m entries in each kept block and a random set of kept
-    blocks (at least one per block-row, some block-rows keeping several)."""
-    b = p.block
-    nbr, nbc = -(-rows // b), -(-cols // b)
-    groups = torch.rand(nbr * b, nbc * b // p.m, p.m, generator=gen).argsort(-1) < p.n
-    mask = groups.reshape(nbr * b, nbc * b)
-    kept = torch.rand(nbr, nbc, generator=gen) < 0.4
-    kept[torch.arange(nbr), torch.randint(0, nbc, (nbr,), generator=gen)] = True
-    mask &= kept.repeat_interleave(b, 0).repeat_interleave(b, 1)
-    mask = mask[:rows, :cols].clone()
-    if not mask.any():  # tiny K: keep one weight so the layer is not entirely pruned
-        mask[0, 0] = True
-    return mask
-
-
-def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
 
 
 def reference_conv(x, hst, bias, kernel, stride, padding, dilation):
@@ -91,10 +72,10 @@ def test_conv_equals_reference(nm, block, cin, cout, kh, kw, stride, padding, di
                              clamp_max=6.0 if act == "relu6" else None, residual=res, channels_last=layout == "channels_last")
     assert got.shape == want.shape
     assert got.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
-    assert relative_error(got, want) <= 1e-5
+    assert max_relative_error(got, want) <= 1e-5
     # the dense masked conv agrees too (a second, independent oracle)
     dense = F.conv2d(x, weight * mask, b, stride, padding, dilation) + (0 if res is None else res)
-    assert relative_error(got, activation(dense)) <= 1e-4
+    assert max_relative_error(got, activation(dense)) <= 1e-4
 
 
 @pytest.mark.skipif(not fast_kernel.channel_kernel_available(), reason="no channel-vector kernel (needs AVX-512)")
@@ -134,7 +115,7 @@ def test_channel_kernel_equals_reference(nm, block, groups, cout, kh, kw, stride
                              clamp_max=6.0 if act == "relu6" else None, residual=res)
     assert got.shape == want.shape
     assert got.is_contiguous(memory_format=torch.channels_last)
-    assert relative_error(got, want) <= 1e-5
+    assert max_relative_error(got, want) <= 1e-5
 
 
 @settings(max_examples=50, deadline=None)
@@ -154,7 +135,7 @@ def test_linear_equals_reference(nm, block, rows, k, lead, bias, act, transposed
     want = {"none": lambda t: t, "relu": torch.relu, "relu6": F.relu6}[act](reference_hybrid_sparse_gemm(x, hst, b))
     got = fast_kernel.linear(x, packed, b, relu=act != "none", clamp_max=6.0 if act == "relu6" else None)
     assert got.shape == (*x.shape[:-1], rows)
-    assert relative_error(got, want) <= 1e-5
+    assert max_relative_error(got, want) <= 1e-5
 
 
 @pytest.mark.parametrize("batch,hw,cin,cout", [(1, 56, 64, 64), (8, 7, 512, 96), (2, 14, 256, 128)])
@@ -173,7 +154,7 @@ def test_resnet_sized_layers(batch, hw, cin, cout):
         want = torch.relu(F.conv2d(x, weight * mask, None, stride, pad))
         for packed in packs:
             got = fast_kernel.conv2d(x, packed, None, kernel, stride, pad, 1, relu=True)
-            assert relative_error(got, want) <= 1e-5, (kernel, stride, type(packed).__name__)
+            assert max_relative_error(got, want) <= 1e-5, (kernel, stride, type(packed).__name__)
 
 
 def test_threads_do_not_change_results():
@@ -272,7 +253,7 @@ def test_global_avg_pool_equals_torch(batch, channels, h, w, channels_last, seed
         x = x.contiguous(memory_format=torch.channels_last)
     got = fast_kernel.global_avg_pool(x)
     assert got.shape == (batch, channels, 1, 1)
-    assert relative_error(got, F.adaptive_avg_pool2d(x, 1)) < 1e-5
+    assert max_relative_error(got, F.adaptive_avg_pool2d(x, 1)) < 1e-5
 
 
 @settings(max_examples=60, deadline=None)
@@ -299,7 +280,7 @@ def test_depthwise_conv_equals_torch(batch, channels, h, w, kernel, stride, pad,
     got = fast_kernel.depthwise_conv2d(x, weight, b, stride, pad, dilation, relu=act != "none",
                                        clamp_max=6.0 if act == "relu6" else None)
     assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
-    assert relative_error(got, want) < 1e-5
+    assert max_relative_error(got, want) < 1e-5
 
 
 @pytest.mark.skipif(not fast_kernel.channel_kernel_available(), reason="no channel-vector kernel (needs AVX-512)")
@@ -314,4 +295,4 @@ def test_channel_kernel_on_a_fully_kept_weight_equals_conv2d(block):
     x = torch.randn(2, 32, 11, 9, generator=gen).contiguous(memory_format=torch.channels_last)
     bias = torch.randn(40, generator=gen)
     got = fast_kernel.conv2d(x, packed, bias, 3, 2, 1, 1, relu=True)
-    assert relative_error(got, torch.relu(F.conv2d(x, weight, bias, 2, 1))) < 1e-5
+    assert max_relative_error(got, torch.relu(F.conv2d(x, weight, bias, 2, 1))) < 1e-5

@@ -13,21 +13,7 @@ from crisp.errors import FormatError
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 from crisp.sparsity.gemm_view import gemm_to_weight, weight_to_gemm
 from crisp.sparsity.pattern import Pattern
-
-
-def random_hybrid_mask(rows: int, cols: int, p: Pattern, gen: torch.Generator, keep_share: float) -> torch.Tensor:
-    """A random GEMM mask with at most n ones per group and a random set of kept blocks."""
-    b, m, n = p.block, p.m, p.n
-    nbr, nbc = -(-rows // b), -(-cols // b)
-    scores = torch.rand(nbr * b, nbc * b // m, m, generator=gen)
-    top = scores.topk(n, dim=-1).indices
-    mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top, True)
-    # drop a random number of entries inside groups too (groups may keep fewer than n)
-    mask &= torch.rand(mask.shape, generator=gen) < 0.9
-    mask = mask.reshape(nbr * b, nbc * b)
-    blocks_kept = torch.rand(nbr, nbc, generator=gen) < keep_share
-    mask &= blocks_kept.repeat_interleave(b, 0).repeat_interleave(b, 1)
-    return mask[:rows, :cols]
+from conftest import random_hybrid_mask
 
 
 patterns = st.sampled_from([(1, 4), (2, 4), (3, 4), (1, 2), (2, 8), (1, 1), (3, 5)])
@@ -47,7 +33,7 @@ def test_gemm_round_trip_is_exact(nm, block_mult, rows, cols, keep, seed):
     p = Pattern(n, m, m * block_mult * (2 if m < 4 else 1))
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(rows, cols, generator=gen)
-    mask = random_hybrid_mask(rows, cols, p, gen, keep)
+    mask = random_hybrid_mask(rows, cols, p, gen, keep, exact=False)
     t = HybridSparseTensor.from_dense(w, mask, p)
     assert torch.equal(t.to_dense(), w * mask)
     assert t.values.shape[-1] == p.block // p.m * p.n
@@ -73,7 +59,7 @@ def test_conv_weight_round_trip_uses_khwc_order(cout, cin, kh, kw, seed):
     p = Pattern(2, 4, 8)
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(cout, cin, kh, kw, generator=gen)
-    gmask = random_hybrid_mask(cout, cin * kh * kw, p, gen, 0.6)
+    gmask = random_hybrid_mask(cout, cin * kh * kw, p, gen, 0.6, exact=False)
     mask = gemm_to_weight(gmask, w.shape)
     assert torch.equal(weight_to_gemm(mask), gmask)
     t = HybridSparseTensor.from_dense(w, mask, p)
@@ -102,7 +88,7 @@ def test_offsets_take_two_bits_for_m4_and_metadata_formula():
     p = Pattern(2, 4, 32)
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(64, 256, generator=gen)
-    mask = random_hybrid_mask(64, 256, p, gen, 1.0)
+    mask = random_hybrid_mask(64, 256, p, gen, 1.0, exact=False)
     t = HybridSparseTensor.from_dense(w, mask, p)
     assert t.offsets.numel() * 4 == t.values.numel()
     k_prime = t.kept_blocks_per_row * 32
@@ -114,7 +100,7 @@ def test_scale_rows_matches_dense_scaling():
     p = Pattern(1, 4, 8)
     gen = torch.Generator().manual_seed(1)
     w = torch.randn(11, 20, generator=gen)
-    mask = random_hybrid_mask(11, 20, p, gen, 0.7)
+    mask = random_hybrid_mask(11, 20, p, gen, 0.7, exact=False)
     s = torch.rand(11, generator=gen) + 0.5
     t = HybridSparseTensor.from_dense(w, mask, p).scale_rows(s)
     assert torch.allclose(t.to_dense(), (w * mask) * s[:, None])

@@ -7,31 +7,12 @@ import torch
 
 from crisp import Pattern
 from crisp.sparsity.gemm_view import as_blocks, pad_to_blocks
+from conftest import assert_hybrid
 from crisp.sparsity.selection import nm_mask, select_hybrid_masks
 
 
 def block_keep(mask: torch.Tensor, block: int) -> torch.Tensor:
     return as_blocks(pad_to_blocks(mask, block, False), block).any(dim=(2, 3))
-
-
-def assert_hybrid(mask: torch.Tensor, p: Pattern) -> None:
-    """Every block is all-zero or keeps exactly n per full group of m (min(n, real) at the K edge);
-    every block-row keeps the same number of blocks, at least one."""
-    rows, cols = mask.shape
-    padded = pad_to_blocks(mask, p.block, False)
-    real = pad_to_blocks(torch.ones(rows, cols, dtype=torch.bool), p.block, False)
-    blocks = as_blocks(padded, p.block)
-    real_b = as_blocks(real, p.block)
-    kept = blocks.any(dim=(2, 3))
-    nbr, nbc = kept.shape
-    groups = blocks.reshape(nbr, nbc, p.block, p.block // p.m, p.m).sum(-1)
-    real_groups = real_b.reshape(nbr, nbc, p.block, p.block // p.m, p.m).sum(-1)
-    want = torch.minimum(real_groups, torch.full_like(real_groups, p.n))
-    want = torch.where(real_groups > 0, want, torch.zeros_like(want))
-    expected = torch.where(kept[:, :, None, None], want, torch.zeros_like(want))
-    assert torch.equal(groups, expected)
-    per_row = kept.sum(1)
-    assert int(per_row.min()) == int(per_row.max()) >= 1
 
 
 def brute_force_best(block_scores: torch.Tensor, keep: int) -> float:
