@@ -6,13 +6,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from crisp.commands.common import add_pattern_args
 from crisp.errors import ModelError
-from crisp.onnx.io import OnnxOutputError, save_model
+from crisp.onnx.io import check_output_path, save_model
 from crisp.onnx.optimize import optimize_onnx_with_report
 
 
@@ -62,22 +61,10 @@ def _classes(text: str | None) -> list[int] | None:
         raise ModelError(f"--classes must be comma-separated integers, got {text!r}") from None
 
 
-def _check_output(path: str) -> None:
-    """Fail before the work when the output cannot be written."""
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise OnnxOutputError(f"output path {path!r} is a folder; give a file name such as model.onnx")
-    if not folder.is_dir():
-        raise OnnxOutputError(f"cannot write {path!r}: folder {str(folder)!r} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise OnnxOutputError(f"cannot write {path!r}: folder {str(folder)!r} is not writable")
-
-
 def run(args: argparse.Namespace) -> int:
-    _check_output(args.output)
+    check_output_path(args.output)
     if args.report:
-        _check_output(args.report)
+        check_output_path(args.report)
     result = optimize_onnx_with_report(
         args.input, pattern=args.pattern, block=args.block, sparsity=args.sparsity, saliency=args.saliency,
         calibration=_calibration(args.calibration), classes=_classes(args.classes), format=args.format,

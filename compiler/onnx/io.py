@@ -295,17 +295,24 @@ def tensor_nbytes(t: onnx.TensorProto) -> int:
     return numpy_helper.to_array(t).nbytes
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
-    """Write ``model`` to ``path`` atomically; with ``external_data`` (default: only when the
-    tensors exceed what one protobuf file can hold) the tensors go to ``<name>.data`` beside it."""
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fail before any work when ``path`` cannot be written: a folder, or a missing or read-only folder."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if target.is_dir():
         raise OnnxOutputError(f"output path {str(target)!r} is a folder; give a file name such as model.onnx")
-    if not folder.exists():
+    if not folder.is_dir():
         raise OnnxOutputError(f"cannot write {str(target)!r}: folder {str(folder)!r} does not exist")
     if not os.access(folder, os.W_OK):
         raise OnnxOutputError(f"cannot write {str(target)!r}: folder {str(folder)!r} is not writable")
+    return target
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically; with ``external_data`` (default: only when the
+    tensors exceed what one protobuf file can hold) the tensors go to ``<name>.data`` beside it."""
+    target = check_output_path(path)
+    folder = target.parent if str(target.parent) else Path(".")
     if external_data is None:
         external_data = tensor_bytes(model) > _EXTERNAL_THRESHOLD
     try:
