@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from crisp.pruning.class_data import ClassBatches, DataError, num_outputs, reiterable, validate_classes
-from crisp.errors import ModelError, PatternError
+from crisp.errors import ModelError
 from crisp.pruning.head import shrink_head as shrink_classifier
 from crisp.sparsity.pattern import Pattern, check_sparsity, resolve_pattern
 from crisp.pruning.loop import (
@@ -36,11 +36,9 @@ from crisp.pruning.loop import (
     layer_summary,
     run_schedule,
 )
-from crisp.ir.layer_info import LayerInfo
-from crisp.pruning.targets import find_prunable
+from crisp.pruning.targets import checked_targets
 from crisp.pruning.saliency import SALIENCY_KINDS, TaylorAccumulator, magnitude_saliency
 from crisp.pruning.schedule import sparsity_schedule
-from crisp.sparsity.selection import select_hybrid_masks
 from crisp.pruning.ste import latent_weight
 
 METHODS = ("crisp", "learned")
@@ -62,12 +60,6 @@ def _callbacks(callbacks: object) -> list[Callable[[StepRecord], object]]:
         if not callable(cb):
             raise DataError(f"callbacks must be callables taking a StepRecord, got {cb!r}")
     return cbs
-
-
-def max_reachable_sparsity(targets: list[LayerInfo], pattern: Pattern) -> float:
-    """The highest sparsity the pattern reaches on these layers keeping one block per block-row."""
-    ones = {t.weight_name: torch.ones(t.gemm_shape) for t in targets}
-    return select_hybrid_masks(ones, pattern, 0.999999).achieved_sparsity
 
 
 def prune(
@@ -109,10 +101,8 @@ def prune(
         raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     pat = resolve_pattern(pattern, None if isinstance(pattern, Pattern) else block)
     kappa = check_sparsity(sparsity, pat)
-    if method not in METHODS:
-        raise DataError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if saliency not in SALIENCY_KINDS:
-        raise DataError(f"saliency must be one of {', '.join(SALIENCY_KINDS)}, got {saliency!r}")
+    _check_choice("method", method, METHODS)
+    _check_choice("saliency", saliency, SALIENCY_KINDS)
     schedule = sparsity_schedule(pat, kappa, steps)
     _check_int("epochs_per_step", epochs_per_step, 0)
     _check_int("warmup_epochs", warmup_epochs, 0)
@@ -130,34 +120,13 @@ def prune(
         torch.manual_seed(seed)
         if shrink_head:
             shrink_classifier(work, classes, n_out)
-        train = ClassBatches(train_data, classes, remap=shrink_head, name="train_data")
-        train.require_samples()
-        val = None
-        if val_data is not None:
-            val = ClassBatches(val_data, classes, remap=shrink_head, name="val_data")
-            val.require_samples()
+        train = _class_batches(train_data, classes, shrink_head, "train_data")
+        val = None if val_data is None else _class_batches(val_data, classes, shrink_head, "val_data")
 
-        targets = find_prunable(work, pat, exclude, first[:1])
-        pruned = [t for t in targets if t.prunable]
-        if not pruned:
-            reasons = "; ".join(f"{t.name}: {t.reason}" for t in targets) or "no Conv2d or Linear layers"
-            raise ModelError(f"no layer can be pruned with {pat} ({reasons})")
-        reachable = max_reachable_sparsity(pruned, pat)
-        if kappa > reachable + 0.005:
-            raise PatternError(
-                f"sparsity {kappa:g} is unreachable with {pat}: keeping one block per block-row, "
-                f"the prunable layers ({', '.join(t.name for t in pruned)}) reach at most "
-                f"{reachable:.4f}; lower sparsity or use a smaller block"
-            )
-        names = [t.weight_name for t in pruned]
+        targets = checked_targets(work, pat, kappa, exclude, first[:1])
+        names = [t.weight_name for t in targets if t.prunable]
 
-        if method == "crisp":
-            masker = SteMasker(work, names, lambda sal, target: hybrid_select(sal, pat, target)[0])
-            initial, warmup = None, warmup_epochs
-        else:
-            initial = _initial_saliency(work, names, train, saliency, warmup_epochs)
-            masker = LearnedMasker(work, names, pat, initial)
-            warmup = 0
+        masker, initial, warmup = _masker(work, names, pat, method, saliency, train, warmup_epochs)
         records = run_schedule(
             work, masker, train, val,
             schedule=schedule, saliency=saliency, warmup_epochs=warmup,
@@ -167,19 +136,31 @@ def prune(
         masks = masker.bake()
     work.eval()
     history = PruneHistory(
-        steps=records,
-        masks=masks,
-        classes=classes,
-        method=method,
-        saliency=saliency,
-        pattern=f"{pat.n}:{pat.m}",
-        target_sparsity=kappa,
-        schedule=list(schedule),
-        class_ids=tuple(classes) if shrink_head else None,
-        layers=layer_summary(masks, pat.block),
-        dense_layers={t.name: t.reason for t in targets if not t.prunable},
+        steps=records, masks=masks, classes=classes, method=method, saliency=saliency, pattern=f"{pat.n}:{pat.m}",
+        target_sparsity=kappa, schedule=list(schedule), class_ids=tuple(classes) if shrink_head else None,
+        layers=layer_summary(masks, pat.block), dense_layers={t.name: t.reason for t in targets if not t.prunable},
     )
     return work, history
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise DataError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _class_batches(data: Iterable, classes: list[int], remap: bool, name: str) -> ClassBatches:
+    batches = ClassBatches(data, classes, remap=remap, name=name)
+    batches.require_samples()
+    return batches
+
+
+def _masker(work: nn.Module, names: list[str], pat: Pattern, method: str, saliency: str, train: ClassBatches,
+            warmup_epochs: int) -> tuple[SteMasker | LearnedMasker, dict[str, torch.Tensor] | None, int]:
+    """The masker of ``method``, the saliency it starts from and the warm-up epochs left to run."""
+    if method == "crisp":
+        return SteMasker(work, names, lambda sal, target: hybrid_select(sal, pat, target)[0]), None, warmup_epochs
+    initial = _initial_saliency(work, names, train, saliency, warmup_epochs)
+    return LearnedMasker(work, names, pat, initial), initial, 0
 
 
 def _initial_saliency(model: nn.Module, names: list[str], batches: Iterable, kind: str, passes: int) -> dict[str, torch.Tensor]:

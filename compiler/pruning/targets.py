@@ -12,9 +12,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from crisp.errors import ModelError, PatternError
 from crisp.ir.layer_info import LayerInfo
 from crisp.ir.prunable import describe_module, excluded_by, weight_uses
 from crisp.sparsity.pattern import Pattern
+from crisp.sparsity.selection import select_hybrid_masks
 
 PruneTarget = LayerInfo  # the record find_prunable returns: ``name`` is the module, ``weight_name`` the parameter
 
@@ -61,3 +63,27 @@ def find_prunable(model: nn.Module, pattern: Pattern, exclude: Sequence[str] = (
                         excluded=excluded_by((name, f"{name}.weight"), exclude), uses=uses[name])
         for name, module in layers.items()
     ]
+
+
+def max_reachable_sparsity(targets: list[LayerInfo], pattern: Pattern) -> float:
+    """The highest sparsity the pattern reaches on these layers keeping one block per block-row."""
+    ones = {t.weight_name: torch.ones(t.gemm_shape) for t in targets}
+    return select_hybrid_masks(ones, pattern, 0.999999).achieved_sparsity
+
+
+def checked_targets(model: nn.Module, pattern: Pattern, sparsity: float, exclude: Sequence[str] = (),
+                    example_inputs: torch.Tensor | None = None) -> list[LayerInfo]:
+    """:func:`find_prunable`, raising when no layer is prunable or ``sparsity`` is out of the pattern's reach."""
+    targets = find_prunable(model, pattern, exclude, example_inputs)
+    pruned = [t for t in targets if t.prunable]
+    if not pruned:
+        reasons = "; ".join(f"{t.name}: {t.reason}" for t in targets) or "no Conv2d or Linear layers"
+        raise ModelError(f"no layer can be pruned with {pattern} ({reasons})")
+    reachable = max_reachable_sparsity(pruned, pattern)
+    if sparsity > reachable + 0.005:
+        raise PatternError(
+            f"sparsity {sparsity:g} is unreachable with {pattern}: keeping one block per block-row, "
+            f"the prunable layers ({', '.join(t.name for t in pruned)}) reach at most "
+            f"{reachable:.4f}; lower sparsity or use a smaller block"
+        )
+    return targets
