@@ -35,3 +35,15 @@ def test_sparsity_outside_range_is_refused(value):
 def test_sparsity_at_nm_floor_is_allowed():
     assert check_sparsity(0.5, Pattern(2, 4, 32)) == 0.5
     assert check_sparsity(0.75, Pattern(1, 4, 32)) == 0.75
+
+
+def test_parse_nm_is_the_one_n_m_parser():
+    from crisp.runtime.simulator.arch import parse_nm as arch_nm
+    from crisp.runtime.simulator.errors import ArchError
+    from crisp.sparsity.pattern import parse_nm
+
+    assert parse_nm(" 2:4 ") == (2, 4) and arch_nm("3:5") == (3, 5)  # no block needed
+    with pytest.raises(PatternError, match="n must be <= m"):
+        parse_nm("5:4")
+    with pytest.raises(ArchError, match="needs 1 <= n <= m.*'n:m'"):
+        arch_nm("2-4")
