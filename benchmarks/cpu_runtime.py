@@ -33,6 +33,7 @@ from crisp.models import build
 from crisp.models.registry import input_shape
 from crisp.runtime import fast_kernel
 from crisp.bench import cpu_peers as cpu_bench
+from crisp.bench.kernel_alternatives import kernel_alternatives
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cpu_runtime_report import TARGET_LAYER_EFFICIENCY, lookup, markdown  # noqa: E402
@@ -172,7 +173,7 @@ def run_grid(args, on_model_done=None) -> dict:
                             before = torch.get_num_threads()
                             torch.set_num_threads(threads)
                             try:
-                                alternatives.extend(cpu_bench.kernel_alternatives(model, compiled, inputs[batch],
+                                alternatives.extend(kernel_alternatives(model, compiled, inputs[batch],
                                                                                   budget_s=min(args.budget, 0.5)))
                             finally:
                                 torch.set_num_threads(before)

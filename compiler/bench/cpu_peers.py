@@ -1,8 +1,8 @@
-"""Timing helpers for the CPU runtime: the peers crisp is compared with, and per-layer times.
+"""The peers crisp's CPU runtime is compared with, whole model and per layer, behind ``crisp bench`` and
+``benchmarks/cpu_runtime.py``.
 
-Used by ``crisp bench`` and ``benchmarks/cpu_runtime.py``. Every runner is a zero-argument
-callable doing one inference on a fixed input; :func:`measure` times it (wall clock, medians
-after warm-up). The peers, all on the same model and (for the sparse ones) the same masks:
+Every runner is a zero-argument callable doing one inference on a fixed input;
+:func:`crisp.bench.timing.measure` times it. The peers, all on the same model and (for the sparse ones) the same masks:
 
 - ``torch_dense``: eager torch, BatchNorm folded (:func:`crisp.ir.batchnorm.fold_batchnorms`),
   channels_last weights and input;
@@ -19,9 +19,8 @@ from __future__ import annotations
 import copy
 import io
 import statistics
-import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
@@ -32,43 +31,11 @@ from torch import fx, nn
 from crisp.sparsity.gemm_view import pad_to_blocks, weight_to_gemm
 from crisp.ir.batchnorm import fold_batchnorms
 from crisp.ir.layer_info import LayerInfo
+from crisp.runtime import fast_kernel
+from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
 from crisp.errors import CrispError
+from crisp.bench.timing import Timing, measure
 from crisp.tables import table
-
-
-@dataclass
-class Timing:
-    median_ms: float  # wall clock
-    min_ms: float
-    runs: int
-    cpu_median_ms: float = float("nan")  # CPU time of the whole process per run (all threads)
-    times_ms: list[float] = field(default_factory=list, repr=False)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def measure(run: Callable[[], object], *, warmup: int = 2, min_runs: int = 5, max_runs: int = 50,
-            budget_s: float = 3.0) -> Timing:
-    """Median wall time of ``run()`` over at least ``min_runs`` runs (more while within ``budget_s``),
-    and the median process CPU time per run (with one thread, the time the run would take on an
-    idle core; the machine these numbers come from is shared)."""
-    slow = False
-    for _ in range(warmup):
-        t0 = time.perf_counter()
-        run()
-        slow = slow or time.perf_counter() - t0 > budget_s
-    if slow:  # one run already exceeds the budget (e.g. the reference kernel at batch 8): time a few
-        min_runs = min(min_runs, 2)
-    times: list[float] = []
-    cpu: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
-        c0, t0 = time.process_time(), time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t0) * 1e3)
-        cpu.append((time.process_time() - c0) * 1e3)
-    return Timing(statistics.median(times), min(times), len(times), statistics.median(cpu), times)
 
 
 # ---------------------------------------------------------------------------- models
@@ -226,8 +193,6 @@ def capture_layer_inputs(model: nn.Module, names: list[str], x: torch.Tensor) ->
 
 def per_layer_times(model: nn.Module, compiled, x: torch.Tensor, **measure_kw) -> list[LayerTiming]:
     """Each pruned layer alone: dense torch (BN folded) vs the fast op, and the block-skip limit."""
-    from crisp.runtime import fast_kernel
-    from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
 
     pruned = [info for info in compiled.layers if info.compact is not None]
     folded = fold_batchnorm(masked_copy(model, compiled.masks))
@@ -400,76 +365,3 @@ def memory_footprint(module: nn.Module, x: torch.Tensor) -> dict[str, int]:
         current += event.self_cpu_memory_usage
         peak = max(peak, current)
     return {"weights_bytes": weights, "activation_peak_bytes": peak, "total_bytes": weights + peak}
-
-
-# ---------------------------------------------------------------------------- kernel alternatives
-class TorchGatherBmm:
-    """The vectorized-torch alternative to the C++ kernels: unfold in (kh, kw, cin) order, gather
-    each block-row's kept block columns, one batched matmul with the kept blocks (N:M zeros kept
-    inside them, so it does n/m-times-too-many multiply-adds and stores the blocks densely)."""
-
-    def __init__(self, info: LayerInfo):
-        t = info.compact
-        b = t.pattern.block
-        nbr, k = t.block_cols.shape
-        self.info, self.rows, self.k = info, t.shape[0], t.shape[1]
-        self.padded_k = t.num_block_cols * b
-        self.index = (t.block_cols.to(torch.int64)[:, :, None] * b + torch.arange(b)).reshape(nbr, k * b)  # [nbr, kB]
-        dense = pad_to_blocks(t.to_dense_gemm(), b, 0)  # only to cut out the kept blocks
-        self.blocks = torch.stack([dense[r * b:(r + 1) * b, self.index[r]] for r in range(nbr)])  # [nbr, B, kB]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.info.conv
-        n, c, h, w = x.shape
-        kh, kw = conv.kernel
-        cols = F.unfold(x, (kh, kw), conv.dilations, conv.padding, conv.strides)  # [N, c*kh*kw, L]
-        cols = cols.unflatten(1, (c, kh * kw)).transpose(1, 2).flatten(1, 2)  # [N, K, L] in (kh, kw, cin)
-        if self.padded_k != self.k:
-            cols = F.pad(cols, (0, 0, 0, self.padded_k - self.k))
-        gathered = cols[:, self.index]  # [N, nbr, kB, L]
-        out = torch.matmul(self.blocks, gathered)  # [N, nbr, B, L]
-        oh, ow = conv.out_size(h, w)
-        return out.flatten(1, 2)[:, : self.rows].unflatten(2, (oh, ow))
-
-
-def kernel_alternatives(model: nn.Module, compiled, x: torch.Tensor, **measure_kw) -> list[dict]:
-    """Every pruned conv of ``compiled`` run alone by each implementation we considered."""
-    from crisp.runtime import fast_kernel
-    from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
-    from crisp.runtime.reference_kernel import reference_hybrid_sparse_gemm
-
-    folded = fold_batchnorm(masked_copy(model, compiled.masks))
-    convs = [info for info in compiled.layers if info.compact is not None and info.kind == "conv"]
-    inputs = capture_layer_inputs(folded, [info.name for info in convs], x)
-    rows = []
-    with torch.no_grad():
-        for info in convs:
-            xi = inputs[info.name]
-            x_cl = xi.contiguous(memory_format=torch.channels_last)
-            conv = info.conv
-            geometry = (conv.kernel, conv.strides, conv.padding, conv.dilations)
-            want = F.conv2d(xi, folded.get_submodule(info.name).weight, None, conv.strides, conv.padding, conv.dilations)
-            row = {"name": info.name, "kind": info.kind_label, "density": float(info.mask.sum()) / info.mask.numel()}
-            runs = {}
-            rows_pack = PackedHybridWeight.from_compact(info.compact)
-            runs["cpp_rows_kernel"] = lambda: fast_kernel.conv2d(xi, rows_pack, None, *geometry)
-            if fast_kernel.channel_kernel_available() and ChannelPackedWeight.supports(info.compact, info.weight_shape[1]):
-                chan_pack = ChannelPackedWeight.from_compact(info.compact, info.weight_shape[1])
-                runs["cpp_channel_kernel"] = lambda: fast_kernel.conv2d(x_cl, chan_pack, None, *geometry)
-            gather_bmm = TorchGatherBmm(info)
-            runs["torch_gather_bmm"] = lambda: gather_bmm(xi)
-
-            def reference(info=info):
-                cols = F.unfold(xi, conv.kernel, conv.dilations, conv.padding, conv.strides)
-                cols = cols.unflatten(1, (xi.shape[1], -1)).transpose(1, 2).flatten(1, 2).transpose(1, 2)
-                return reference_hybrid_sparse_gemm(cols, info.compact, None).transpose(1, 2).unflatten(2, want.shape[2:])
-
-            runs["reference_kernel"] = reference
-            for method, run in runs.items():
-                got = run()
-                row[f"{method}_error"] = float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
-                slow = method == "reference_kernel"
-                row[f"{method}_ms"] = measure(run, warmup=1, min_runs=3 if slow else 5, **measure_kw).median_ms
-            row["cpp_as_compiled_ms"] = row.get("cpp_channel_kernel_ms", row["cpp_rows_kernel_ms"])
-            rows.append(row)
-    return rows
