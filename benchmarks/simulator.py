@@ -34,6 +34,7 @@ from crisp.backends.stc_trace import Trace, trace_from_layers
 from crisp.fileio import atomic_write_text
 from crisp.runtime.simulator import get_arch
 from crisp.runtime.simulator.calibration import dstc_cycle_calibration, dstc_ratio_calibration, stc_calibration
+from crisp.runtime.simulator.plot import plot_fig8
 from crisp.bench.model_workloads import model_specs
 from crisp.runtime.simulator.workload import specs_from_layers
 from crisp.simulate_api import compare_archs
@@ -111,6 +112,67 @@ def trace_size(specs, path: Path) -> dict:
             "load_s": t_load, "round_trip_equal": bool(loaded.verify()["cycles"] == trace.totals["cycles"])}
 
 
+def models_section(models: list[str]) -> tuple[dict, dict]:
+    """Trace + simulate time, record counts, cycles, energy and trace size of each model."""
+    entries, specs_by_model = {}, {}
+    for name in models:
+        t = time.perf_counter()
+        specs = model_specs(name, pattern="2:4", block=64, sparsity=0.9, distribution="global")
+        t_specs = time.perf_counter() - t
+        specs_by_model[name] = specs
+        runs, t_sim = timed(lambda: trace_and_simulate(specs), repeat=3)
+        entry = {"layers": len(specs), "mask_selection_s": t_specs, "trace_and_simulate_4_archs_s": t_sim,
+                 "records": {a: len(runs[a][0]) for a in ARCHS},
+                 "cycles": {a: runs[a][1].cycles for a in ARCHS},
+                 "energy_uj": {a: runs[a][1].energy_uj for a in ARCHS}}
+        with tempfile.TemporaryDirectory() as tmp:
+            entry["trace_file"] = trace_size(specs, Path(tmp) / f"{name}.trc")
+        entry["comparison"] = comparison_block(compare(specs), "2:4")
+        entries[name] = entry
+        print(f"{name}: trace+simulate on 4 archs {t_sim:.3f} s, records {entry['records']}", flush=True)
+    return entries, specs_by_model
+
+
+def bandwidth_sweep(sweep_specs: dict) -> dict:
+    """CRISP-STC speedup over TC and SMEM-bound layers as the SMEM bandwidth varies (1:4, two block sizes)."""
+    bw = {}
+    for b in (10.5, 21, 42, 84):
+        arch = get_arch("crisp-stc").with_(name=f"crisp-stc-bw{b:g}", smem_read_bw=b, smem_write_bw=b)
+        tc = get_arch("tc").with_(smem_read_bw=b, smem_write_bw=b)
+        row = {}
+        for blk, specs in sweep_specs.items():
+            c = compare_archs(specs, [arch], baseline=tc)
+            row[f"1:4_b{blk}_total_speedup"] = c.total_speedup(arch.name)
+            row[f"1:4_b{blk}_smem_bound_layers"] = c.results[arch.name].totals()["bounds"].get("smem", 0)
+        bw[f"{b:g}"] = row
+    return bw
+
+
+def resnet50_section(quick: bool, global_comparison: dict) -> tuple[dict, object, dict, dict]:
+    """ResNet-50 per layer and the block, N:M and bandwidth sweeps (per-layer distribution: the
+    trained-network stand-in)."""
+    r50 = {}
+    base_specs = model_specs("resnet50", pattern="2:4", block=64, sparsity=0.9, distribution="per-layer")
+    main_comp = compare(base_specs)
+    r50["per_layer_2:4_b64"] = comparison_block(main_comp, "2:4")
+    r50["global_2:4_b64"] = global_comparison
+    block_sweep, nm_sweep = {64: main_comp}, {"2:4": main_comp}
+    if not quick:
+        for blk in (16, 32):
+            block_sweep[blk] = compare(model_specs("resnet50", pattern="2:4", block=blk, sparsity=0.9,
+                                                   distribution="per-layer"))
+        nm_specs = {nm: model_specs("resnet50", pattern=nm, block=64, sparsity=0.9, distribution="per-layer")
+                    for nm in ("1:4", "3:4")}
+        for nm, specs in nm_specs.items():
+            nm_sweep[nm] = compare(specs)
+        r50["smem_bandwidth_sweep"] = bandwidth_sweep({
+            64: nm_specs["1:4"],
+            16: model_specs("resnet50", pattern="1:4", block=16, sparsity=0.9, distribution="per-layer")})
+    r50["block_sweep"] = {str(k): comparison_block(v, "2:4") for k, v in block_sweep.items()}
+    r50["nm_sweep"] = {k: comparison_block(v, k) for k, v in nm_sweep.items()}
+    return r50, main_comp, block_sweep, nm_sweep
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="ResNet-50 only, no sweeps")
@@ -125,83 +187,28 @@ def main() -> int:
     out: dict = {"machine": {"python": platform.python_version(), "platform": platform.platform(),
                              "cpus": os.cpu_count()},
                  "archs": {a: get_arch(a).to_dict() for a in ARCHS}}
-
-    # 1. calibration
     out["calibration"] = {"stc": stc_calibration(), "dstc_fig21": dstc_ratio_calibration("dstc"),
                           "dstc_fig21_sparseloop_hw": dstc_ratio_calibration("sl-dstc"),
                           "dstc_fig15_cycles": dstc_cycle_calibration("sl-dstc")}
     print("calibration done", flush=True)
-
-    # 2. models: trace + simulate timing, trace size
-    models = ["resnet50"] if args.quick else ["resnet50", "mobilenet_v2", "vgg16"]
-    out["models"] = {}
-    specs_by_model = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name in models:
-            t = time.perf_counter()
-            specs = model_specs(name, pattern="2:4", block=64, sparsity=0.9, distribution="global")
-            t_specs = time.perf_counter() - t
-            specs_by_model[name] = specs
-            runs, t_sim = timed(lambda: trace_and_simulate(specs), repeat=3)
-            entry = {"layers": len(specs), "mask_selection_s": t_specs, "trace_and_simulate_4_archs_s": t_sim,
-                     "records": {a: len(runs[a][0]) for a in ARCHS},
-                     "cycles": {a: runs[a][1].cycles for a in ARCHS},
-                     "energy_uj": {a: runs[a][1].energy_uj for a in ARCHS}}
-            with tempfile.TemporaryDirectory() as tmp:
-                entry["trace_file"] = trace_size(specs, Path(tmp) / f"{name}.trc")
-            comp = compare(specs)
-            entry["comparison"] = comparison_block(comp, "2:4")
-            out["models"][name] = entry
-            print(f"{name}: trace+simulate on 4 archs {t_sim:.3f} s, records {entry['records']}", flush=True)
+        out["models"], specs_by_model = models_section(["resnet50"] if args.quick else ["resnet50", "mobilenet_v2",
+                                                                                         "vgg16"])
         # a large trace for the file-size claim: VGG-16 at batch 32, about a million instructions
         big_name, big_batch = ("resnet50", 8) if args.quick else ("vgg16", 32)
         big = model_specs(big_name, pattern="2:4", block=64, sparsity=0.9, batch=big_batch)
         with tempfile.TemporaryDirectory() as tmp:
             out["large_trace"] = {"model": big_name, "batch": big_batch, **trace_size(big, Path(tmp) / "big.trc")}
         print("large trace", out["large_trace"], flush=True)
-
         if args.check_compile:
             compiled = specs_from_layers(model_specs("resnet50", distribution="global", via="compile"))
             same = all(np.array_equal(a.block_cols, b.block_cols) and np.array_equal(a.row_block_nnz, b.row_block_nnz)
                        for a, b in zip(specs_by_model["resnet50"], compiled) if a.has_blocks)
             out["fast_masks_equal_compile"] = bool(same and [s.name for s in compiled] ==
                                                    [s.name for s in specs_by_model["resnet50"]])
-
-        # 3. ResNet-50 per layer, sweeps (per-layer distribution: the trained-network stand-in)
-        r50 = {}
-        base_specs = model_specs("resnet50", pattern="2:4", block=64, sparsity=0.9, distribution="per-layer")
-        main_comp = compare(base_specs)
-        r50["per_layer_2:4_b64"] = comparison_block(main_comp, "2:4")
-        r50["global_2:4_b64"] = out["models"]["resnet50"]["comparison"]
-        block_sweep, nm_sweep = {64: main_comp}, {"2:4": main_comp}
-        if not args.quick:
-            for blk in (16, 32):
-                block_sweep[blk] = compare(model_specs("resnet50", pattern="2:4", block=blk, sparsity=0.9,
-                                                       distribution="per-layer"))
-            nm_specs = {nm: model_specs("resnet50", pattern=nm, block=64, sparsity=0.9, distribution="per-layer")
-                        for nm in ("1:4", "3:4")}
-            for nm, specs in nm_specs.items():
-                nm_sweep[nm] = compare(specs)
-            sweep_specs = {64: nm_specs["1:4"],
-                           16: model_specs("resnet50", pattern="1:4", block=16, sparsity=0.9, distribution="per-layer")}
-            bw = {}
-            for b in (10.5, 21, 42, 84):
-                arch = get_arch("crisp-stc").with_(name=f"crisp-stc-bw{b:g}", smem_read_bw=b, smem_write_bw=b)
-                tc = get_arch("tc").with_(smem_read_bw=b, smem_write_bw=b)
-                row = {}
-                for blk, specs in sweep_specs.items():
-                    c = compare_archs(specs, [arch], baseline=tc)
-                    row[f"1:4_b{blk}_total_speedup"] = c.total_speedup(arch.name)
-                    row[f"1:4_b{blk}_smem_bound_layers"] = c.results[arch.name].totals()["bounds"].get("smem", 0)
-                bw[f"{b:g}"] = row
-            r50["smem_bandwidth_sweep"] = bw
-        r50["block_sweep"] = {str(k): comparison_block(v, "2:4") for k, v in block_sweep.items()}
-        r50["nm_sweep"] = {k: comparison_block(v, k) for k, v in nm_sweep.items()}
-        out["resnet50"] = r50
-
-    from crisp.runtime.simulator.plot import plot_fig8
-
+        out["resnet50"], main_comp, block_sweep, nm_sweep = resnet50_section(args.quick,
+                                                                             out["models"]["resnet50"]["comparison"])
     plot_fig8(main_comp, dict(sorted(block_sweep.items())), dict(sorted(nm_sweep.items())),
               RESULTS / "simulator.png", "ResNet-50, 2:4, block 64, 90% per layer")
     out["total_benchmark_s"] = time.perf_counter() - t_all
