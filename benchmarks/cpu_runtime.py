@@ -106,6 +106,36 @@ def wants_layers(args, model, block, sparsity, batch, threads) -> bool:
     return True
 
 
+def with_threads(threads: int, fn):
+    """``fn()`` with torch's thread count set to ``threads``, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+def record_extras(args, out: dict, model, compiled, x, config: tuple, *, last_threads: bool) -> None:
+    """Memory, kernel alternatives and per-layer times, for the configurations that take them."""
+    name, block, sparsity, batch, threads = config
+    if (block, sparsity, batch) == (TARGET["block"], TARGET["sparsity"], 1) and last_threads:
+        dense = cpu_bench.fold_batchnorm(model).to(memory_format=torch.channels_last)
+        out["memory"].append({
+            "model": name, "block": block, "sparsity": sparsity, "batch": batch,
+            "torch_dense": cpu_bench.memory_footprint(dense, x.contiguous(memory_format=torch.channels_last)),
+            "crisp_cpu": cpu_bench.memory_footprint(compiled.module, x),
+        })
+    if config == tuple(TARGET.values()) and args.alternatives:
+        out["alternatives"].extend(with_threads(threads, lambda: kernel_alternatives(
+            model, compiled, x, budget_s=min(args.budget, 0.5))))
+    if wants_layers(args, name, block, sparsity, batch, threads):
+        layers = with_threads(threads, lambda: cpu_bench.per_layer_times(model, compiled, x,
+                                                                         budget_s=min(args.budget, 0.5), min_runs=5))
+        out["layers"].append({"model": name, "block": block, "sparsity": sparsity, "batch": batch,
+                              "threads": threads, "layers": [t.as_dict() for t in layers]})
+
+
 def run_grid(args, on_model_done=None) -> dict:
     models = args.models.split(",")
     blocks = [int(b) for b in args.blocks.split(",")]
@@ -113,7 +143,8 @@ def run_grid(args, on_model_done=None) -> dict:
     batches = [int(b) for b in args.batches.split(",")]
     threads_list = [int(t) for t in args.threads.split(",")]
     methods = tuple(args.methods.split(","))
-    records, layer_records, memory, alternatives = [], [], [], []
+    out = {"records": [], "layers": [], "memory": [], "alternatives": []}
+    records = out["records"]
     dense_cache: dict[tuple, dict] = {}
     for name in models:
         model = build(name, seed=0)
@@ -162,35 +193,12 @@ def run_grid(args, on_model_done=None) -> dict:
                                             "method": method, **res[method]})
                         line = ", ".join(f"{m} {res[m]['median_ms']:.1f}" for m in methods if "median_ms" in res[m])
                         print(f"  batch {batch}, {threads} thread(s): {line} (ms)", flush=True)
-                        if (block, sparsity, batch) == (TARGET["block"], TARGET["sparsity"], 1) and threads == threads_list[-1]:
-                            dense = cpu_bench.fold_batchnorm(model).to(memory_format=torch.channels_last)
-                            memory.append({
-                                "model": name, "block": block, "sparsity": sparsity, "batch": batch,
-                                "torch_dense": cpu_bench.memory_footprint(dense, inputs[batch].contiguous(memory_format=torch.channels_last)),
-                                "crisp_cpu": cpu_bench.memory_footprint(compiled.module, inputs[batch]),
-                            })
-                        if (name, block, sparsity, batch, threads) == tuple(TARGET.values()) and args.alternatives:
-                            before = torch.get_num_threads()
-                            torch.set_num_threads(threads)
-                            try:
-                                alternatives.extend(kernel_alternatives(model, compiled, inputs[batch],
-                                                                                  budget_s=min(args.budget, 0.5)))
-                            finally:
-                                torch.set_num_threads(before)
-                        if wants_layers(args, name, block, sparsity, batch, threads):
-                            before = torch.get_num_threads()
-                            torch.set_num_threads(threads)
-                            try:
-                                layers = cpu_bench.per_layer_times(model, compiled, inputs[batch],
-                                                                   budget_s=min(args.budget, 0.5), min_runs=5)
-                            finally:
-                                torch.set_num_threads(before)
-                            layer_records.append({"model": name, "block": block, "sparsity": sparsity, "batch": batch,
-                                                  "threads": threads, "layers": [t.as_dict() for t in layers]})
+                        record_extras(args, out, model, compiled, inputs[batch], (name, block, sparsity, batch, threads),
+                                      last_threads=threads == threads_list[-1])
                 del compiled
         if on_model_done is not None:  # write what we have: a long run that dies keeps its finished models
-            on_model_done({"records": records, "layers": layer_records, "memory": memory, "alternatives": alternatives})
-    return {"records": records, "layers": layer_records, "memory": memory, "alternatives": alternatives}
+            on_model_done(out)
+    return out
 
 
 def check_targets(data) -> list[dict]:
