@@ -32,42 +32,33 @@ class BackendOutput:
 
 Backend = Callable[[BackendInput], BackendOutput]
 _BACKENDS: dict[str, Backend] = {}
+_OPTIONS: dict[str, tuple[str, ...] | None] = {}
 
 
-def register_backend(name: str, backend: Backend | None = None):
-    """Register ``backend`` under ``name``; usable as a decorator."""
+def register_backend(name: str, backend: Backend | None = None, *, options: tuple[str, ...] | None = None):
+    """Register ``backend`` under ``name``; usable as a decorator. ``options`` names the keyword
+    options it reads from ``crisp.compile(**options)`` (others are refused); None accepts any."""
 
     def add(fn: Backend) -> Backend:
         _BACKENDS[name] = fn
+        _OPTIONS[name] = None if options is None else tuple(options)
         return fn
 
     return add if backend is None else add(backend)
 
 
 def registered_backends() -> list[str]:
-    _load_builtin()
     return sorted(_BACKENDS)
 
 
+def backend_options(name: str) -> tuple[str, ...] | None:
+    """The keyword options backend ``name`` declared (None: it declared none and accepts any)."""
+    return _OPTIONS.get(name)
+
+
 def get_backend(name: str) -> Backend:
-    _load_builtin()
     if name not in _BACKENDS:
         raise UnknownTargetError(
             f"unknown target {name!r}; registered targets: {', '.join(sorted(_BACKENDS))}"
         )
     return _BACKENDS[name]
-
-
-_BUILTIN_MODULES = ("reference", "cpu", "onnx_backend", "stc_backend")
-
-
-def _load_builtin() -> None:
-    """Import the built-in backend modules that exist (each registers itself)."""
-    import importlib
-
-    for mod in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"crisp.backends.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"crisp.backends.{mod}":
-                raise
