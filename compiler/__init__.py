@@ -7,7 +7,7 @@ hands the lowered graph to a backend chosen by ``target``.
 
 from crisp import models
 from crisp.api import compile
-from crisp.compiled_model import CompiledModel
+from crisp.compiled_model import CompiledModel, load
 from crisp.errors import (
     CrispError, FormatError, ModelError, PassOrderError, PatternError, TraceError, UnknownTargetError,
     VerificationError,
@@ -36,6 +36,6 @@ __all__ = [
     "AlreadyOptimizedError", "optimize_onnx", "optimize_onnx_with_report",
     "CompiledModel", "CrispError", "FormatError", "HybridSparseTensor", "LayerInfo", "ModelError", "PIPELINES",
     "PassOrderError", "Pattern", "PatternError", "Pipeline", "Report", "TraceError", "UnknownTargetError",
-    "VerificationError", "apply_masks", "compare_archs", "compile", "default_pipeline", "models", "select_hybrid_masks",
+    "VerificationError", "apply_masks", "compare_archs", "compile", "load", "default_pipeline", "models", "select_hybrid_masks",
     "simulate",
 ]

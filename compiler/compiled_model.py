@@ -3,14 +3,24 @@ graph, the masks by parameter name, the per-layer report and the backend's artif
 
 from __future__ import annotations
 
+import os
+import tempfile
+import warnings
+from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 from torch import fx, nn
 
-from crisp.backends.onnx_backend import export_compiled_to_onnx
+from crisp import serialize
+from crisp.backends.onnx_backend import OnnxRuntimeModule, export_compiled_to_onnx
+from crisp.backends.stc_trace import Trace
+from crisp.errors import CrispError, FormatError
+from crisp.fileio import atomic_write_bytes
 from crisp.ir.layer_info import LayerInfo
 from crisp.report import Report
+from crisp.runtime import fast_kernel
 from crisp.simulate_api import simulate
 
 
@@ -48,6 +58,16 @@ class CompiledModel:
         """Replay this model on an accelerator model (see :func:`crisp.simulate`)."""
         return simulate(self, arch, strict=strict)
 
+    def save(self, path: str | os.PathLike, *, onnx: bool = True) -> Path:
+        """Write this model to one ``.crisp`` file that :func:`crisp.load` reads in any process, without
+        the model's source (see :mod:`crisp.serialize`); ``onnx=False`` leaves out the ONNX export
+        (a loaded model then cannot ``to_onnx``)."""
+        return serialize.write(path, self, onnx=onnx)
+
+    def __reduce_ex__(self, protocol):
+        raise CrispError("a CompiledModel cannot be pickled or torch.save()d: use compiled.save('model.crisp') "
+                         "and crisp.load('model.crisp')")
+
     def __call__(self, *args, **kwargs):
         with torch.no_grad():
             return self.module(*args, **kwargs)
@@ -58,3 +78,56 @@ class CompiledModel:
             f"CompiledModel(target={self.target!r}, pattern={self.report.pattern!r}, layers pruned={pruned}/"
             f"{len(self.layers)}, sparsity={self.report.achieved_sparsity})"
         )
+
+
+class _LoadedOnnx:
+    """``to_onnx`` of a loaded model: the ONNX export stored in its file."""
+
+    def __init__(self, data: bytes | None, note: str | None):
+        self.data, self.note = data, note
+
+    def __call__(self, path=None, **kwargs):
+        if self.data is None:
+            raise CrispError(f"this loaded model was saved without its ONNX export ({self.note or 'onnx=False'}); "
+                             "compile it again and call to_onnx before saving")
+        if kwargs:
+            raise CrispError(f"a loaded model exports the ONNX model stored in its file; options {sorted(kwargs)} "
+                             "apply only when exporting a freshly compiled model")
+        model = onnx.load_from_string(self.data)
+        if path is not None:
+            atomic_write_bytes(path, self.data)
+        return model
+
+
+def load(path: str | os.PathLike) -> CompiledModel:
+    """Read a ``.crisp`` file written by :meth:`CompiledModel.save` (or ``crisp compile -o``) and
+    return a working CompiledModel on the target it was saved for. No code from the file runs; a
+    truncated, corrupted, foreign or newer-format file raises :class:`crisp.FormatError`."""
+    data = serialize.read(path)
+    meta, members, where = data["meta"], data["members"], data["where"]
+    saved_torch = meta.get("torch_version", "?")
+    reference = serialize.load_program(members["reference.pt2"], where, "reference.pt2", saved_torch)
+    module = reference
+    target = meta["target"]
+    artifacts = dict(meta.get("artifacts") or {})
+    if "cpu.pt2" in members:
+        if fast_kernel.available():
+            module = serialize.load_program(members["cpu.pt2"], where, "cpu.pt2", saved_torch)
+        else:
+            warnings.warn(f"{where}: crisp's fast CPU kernels are unavailable here; running the reference kernel")
+            artifacts["cpu_kernels"] = "reference"
+    if "trace.bin" in members:
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "trace.bin").write_bytes(members["trace.bin"])
+            artifacts["trace"] = Trace.load(Path(d) / "trace.bin")
+    onnx_bytes = members.get("model.onnx")
+    if target == "onnx":
+        if onnx_bytes is None:
+            raise FormatError(f"{where}: a model saved for target 'onnx' lacks its model.onnx member")
+        model = onnx.load_from_string(onnx_bytes)
+        module, artifacts["onnx_model"] = OnnxRuntimeModule(model), model
+    compiled = CompiledModel(module, reference, data["layers"], data["report"], target, artifacts)
+    compiled.to_onnx = _LoadedOnnx(onnx_bytes, meta.get("onnx_unavailable"))
+    compiled.source_file = str(path)
+    compiled.file_info = {k: v for k, v in meta.items() if k not in ("layers", "report", "sha256")}
+    return compiled

@@ -23,7 +23,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from crisp.api import compile as compile_model
 from crisp.errors import ModelError
+from crisp.models import build
+from crisp.models.registry import input_shape
 from crisp.sparsity.gemm_view import weight_to_gemm
 from crisp.sparsity.pattern import Pattern, check_sparsity, resolve_pattern
 from crisp.passes.find_prunable_layers import describe_layer
@@ -97,9 +100,6 @@ def model_specs(name: str, *, pattern: "Pattern | str" = "2:4", block: int = 64,
                 distribution: str = "global", batch: int = 1, seed: int = 0, via: str = "fast"):
     """Layers of in-project model ``name`` pruned as asked: LayerSpecs (``via="fast"``) or the
     compiled model's LayerInfo list (``via="compile"``, global distribution only)."""
-    from crisp.models import build
-    from crisp.models.registry import input_shape
-
     p = resolve_pattern(pattern, block)
     model = build(name, seed=seed)
     gen = torch.Generator().manual_seed(seed)
@@ -107,9 +107,7 @@ def model_specs(name: str, *, pattern: "Pattern | str" = "2:4", block: int = 64,
     if via == "compile":
         if distribution != "global":
             raise ModelError("via='compile' selects globally; use via='fast' for distribution='per-layer'")
-        import crisp
-
-        compiled = crisp.compile(model, example, target="reference", pattern=p, sparsity=sparsity, seed=seed,
+        compiled = compile_model(model, example, target="reference", pattern=p, sparsity=sparsity, seed=seed,
                                  verify=False)
         return compiled.layers
     if via != "fast":
