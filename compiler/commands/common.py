@@ -6,8 +6,7 @@ import argparse
 
 import torch
 
-from crisp.models import MODEL_NAMES, build
-from crisp.models.registry import input_shape
+from crisp.models.spec import SPEC_HELP, load_model, parse_shape
 
 
 def add_pattern_args(parser: argparse.ArgumentParser, block: int = 32, sparsity: float = 0.9) -> None:
@@ -17,14 +16,18 @@ def add_pattern_args(parser: argparse.ArgumentParser, block: int = 32, sparsity:
 
 
 def add_model_args(parser: argparse.ArgumentParser, default: str = "resnet50") -> None:
-    parser.add_argument("--model", default=default, choices=MODEL_NAMES, help=f"in-project model (default {default})")
+    parser.add_argument("--model", default=default, metavar="SPEC", help=f"{SPEC_HELP} (default {default})")
+    parser.add_argument("--weights", metavar="PATH", help="load this state_dict file into the model (torch.load weights_only=True)")
+    parser.add_argument("--input-shape", metavar="N,C,H,W", type=parse_shape, default=None,
+                        help="shape of the example input (default: --batch x the model's own, else 3,224,224)")
     parser.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
     parser.add_argument("--batch", type=int, default=1, help="batch size of the example input (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and input (default 0)")
 
 
 def model_and_input(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor]:
-    model = build(args.model, num_classes=args.num_classes, seed=args.seed)
+    """The model ``--model``/``--weights`` name and a seeded random example input of ``--input-shape``."""
+    model, shape = load_model(args.model, getattr(args, "weights", None), num_classes=args.num_classes, seed=args.seed)
+    full = getattr(args, "input_shape", None) or (args.batch, *shape)
     gen = torch.Generator().manual_seed(args.seed)
-    x = torch.randn(args.batch, *input_shape(args.model), generator=gen)
-    return model, x
+    return model, torch.randn(*full, generator=gen)

@@ -11,11 +11,13 @@ import argparse
 import warnings
 
 from crisp.runtime.simulator.errors import ArchError, PatternFallbackWarning
-from crisp.bench.model_workloads import DISTRIBUTIONS, model_specs
+from crisp.bench.model_workloads import DISTRIBUTIONS, fast_model_specs, model_specs
+from crisp.models import MODEL_NAMES
+from crisp.sparsity.pattern import resolve_pattern
 from crisp.runtime.simulator.arch_io import get_arch
 from crisp.runtime.simulator.presets import DEFAULT_COMPARISON, preset_names
 
-from crisp.commands.common import add_model_args, add_pattern_args
+from crisp.commands.common import add_model_args, add_pattern_args, model_and_input
 
 
 def register(sub) -> None:
@@ -69,8 +71,13 @@ def run(args: argparse.Namespace) -> int:
             title = f"trace {args.trace}"
         else:
             via = "fast" if args.fast or args.distribution != "global" else "compile"
-            source = model_specs(args.model, pattern=args.pattern, block=args.block, sparsity=args.sparsity,
-                                 distribution=args.distribution, batch=args.batch, seed=args.seed, via=via)
+            if args.model in MODEL_NAMES and not args.weights and not args.input_shape:
+                source = model_specs(args.model, pattern=args.pattern, block=args.block, sparsity=args.sparsity,
+                                     distribution=args.distribution, batch=args.batch, seed=args.seed, via=via)
+            else:  # a user's model (file, package, timm, torchvision) or in-project weights / shape
+                model, x = model_and_input(args)
+                source = fast_model_specs(model, x, resolve_pattern(args.pattern, args.block), args.sparsity,
+                                          args.distribution)
             title = f"{args.model} {args.pattern} block {args.block} sparsity {args.sparsity:g} ({args.distribution})"
         if args.save_trace:
             trace = source if isinstance(source, Trace) else trace_from_layers(source, archs[0], strict=args.strict)
