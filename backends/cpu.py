@@ -51,7 +51,7 @@ def _float32_model(graph_module: fx.GraphModule) -> bool:
     )
 
 
-@register_backend("cpu")
+@register_backend("cpu", options=("fuse_activations",))
 def cpu_backend(lowered: BackendInput) -> BackendOutput:
     if not _float32_model(lowered.graph_module):
         return BackendOutput(module=lowered.graph_module, artifacts={"cpu_kernels": "reference", "reason": "model is not float32"})

@@ -9,9 +9,10 @@ import sys
 
 import numpy as np
 
-from crisp.commands.common import add_pattern_args
+from crisp.commands.common import add_allocation_arg, add_pattern_args
 from crisp.errors import ModelError
-from crisp.onnx.io import check_output_path, save_model
+from crisp.onnx.io import save_model
+from crisp.onnx.paths import check_distinct_paths
 from crisp.onnx.optimize import optimize_onnx_with_report
 
 
@@ -22,6 +23,7 @@ def register(sub) -> None:
     p.add_argument("input", help="the ONNX model to optimize")
     p.add_argument("-o", "--output", required=True, help="where to write the optimized model")
     add_pattern_args(p)
+    add_allocation_arg(p)
     p.add_argument("--format", choices=("compact", "dense"), default="compact",
                    help="compact: crisp nodes defined by ONNX functions (default); dense: zeros in place")
     p.add_argument("--saliency", choices=("magnitude", "taylor"), default="magnitude",
@@ -62,13 +64,11 @@ def _classes(text: str | None) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output_path(args.output)
-    if args.report:
-        check_output_path(args.report)
+    check_distinct_paths(args.input, args.output, args.report, external_data=args.external_data)
     result = optimize_onnx_with_report(
         args.input, pattern=args.pattern, block=args.block, sparsity=args.sparsity, saliency=args.saliency,
         calibration=_calibration(args.calibration), classes=_classes(args.classes), format=args.format,
-        exclude=tuple(args.exclude), progress=None if not args.quiet else False,
+        exclude=tuple(args.exclude), progress=None if not args.quiet else False, allocation=args.allocation,
     )
     save_model(result.model, args.output, external_data=True if args.external_data else None)
     if args.report:

@@ -14,6 +14,7 @@ from torch import fx, nn
 
 from crisp.errors import TraceError
 from crisp.ir.layer_info import META_KEY, LayerInfo
+from crisp.ir.prunable import layer_kind
 
 ANALYSES_KEY = "crisp_analyses"  # graph_module.meta: names of the analyses already run
 
@@ -27,6 +28,8 @@ class _CrispTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if any(module_qualified_name == n or module_qualified_name.startswith(n + ".") for n in self.leaf_names):
+            return True
+        if layer_kind(m) is not None:  # a Conv2d/Linear subclass with the parent's forward is an ordinary layer
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

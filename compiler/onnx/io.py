@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper, version_converter
 
 from crisp.errors import ModelError
-from crisp.fileio import OutputError
+from crisp.onnx.paths import OnnxOutputError, resolve_output, terminate_as_interrupt
 
 MIN_SOURCE_OPSET = 7
 PROTOBUF_LIMIT = 2**31 - 1
@@ -34,10 +34,6 @@ _EXTERNAL_THRESHOLD = 1_900_000_000  # bytes of tensor data above which the outp
 
 class OnnxInputError(ModelError):
     """The ONNX file or model given to crisp cannot be read or is not a valid ONNX model."""
-
-
-class OnnxOutputError(OutputError):
-    """The ONNX output cannot be written where asked."""
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -142,6 +138,16 @@ def upgrade_opset(model: onnx.ModelProto, minimum: int) -> onnx.ModelProto:
 
 
 # ---------------------------------------------------------------------------------- constants
+def overridable_inputs(model: onnx.ModelProto) -> set[str]:
+    """The graph inputs a caller may feed. Below IR 4 every initializer must also be listed as a graph
+    input (the model-zoo style), so there a name with an initializer is a constant; from IR 4 on an
+    initializer that is also a graph input is only a default value, and stays overridable."""
+    names = {i.name for i in model.graph.input}
+    if model.ir_version < 4:
+        names -= {t.name for t in model.graph.initializer}
+    return names
+
+
 def initializer_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
 
@@ -171,7 +177,7 @@ def fold_constant_tensors(model: onnx.ModelProto, names: list[str]) -> dict[str,
     """
     inits = initializer_map(model)
     producers = {out: node for node in model.graph.node for out in node.output}
-    graph_inputs = {i.name for i in model.graph.input}
+    graph_inputs = overridable_inputs(model)
     found: dict[str, np.ndarray] = {}
     rest = []
     for name in names:
@@ -295,26 +301,23 @@ def tensor_nbytes(t: onnx.TensorProto) -> int:
     return numpy_helper.to_array(t).nbytes
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
-    """Fail before any work when ``path`` cannot be written: a folder, or a missing or read-only folder."""
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise OnnxOutputError(f"output path {str(target)!r} is a folder; give a file name such as model.onnx")
-    if not folder.is_dir():
-        raise OnnxOutputError(f"cannot write {str(target)!r}: folder {str(folder)!r} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise OnnxOutputError(f"cannot write {str(target)!r}: folder {str(folder)!r} is not writable")
-    return target
+check_output_path = resolve_output  # the one output-path check, for save_model and crisp optimize
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
     """Write ``model`` to ``path`` atomically; with ``external_data`` (default: only when the
-    tensors exceed what one protobuf file can hold) the tensors go to ``<name>.data`` beside it."""
+    tensors exceed what one protobuf file can hold) the tensors go to ``<name>.data`` beside it.
+    A symlink is written through; SIGINT or SIGTERM during the write leaves no temporary file."""
     target = check_output_path(path)
-    folder = target.parent if str(target.parent) else Path(".")
     if external_data is None:
         external_data = tensor_bytes(model) > _EXTERNAL_THRESHOLD
+    with terminate_as_interrupt():
+        _write(model, target, external_data)
+    return target
+
+
+def _write(model: onnx.ModelProto, target: Path, external_data: bool) -> None:
+    folder = target.parent if str(target.parent) else Path(".")
     try:
         tmp_dir = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
@@ -337,5 +340,3 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data
         for leftover in Path(tmp_dir).glob("*"):
             leftover.unlink(missing_ok=True)
         os.rmdir(tmp_dir)
-    return target
-

@@ -40,11 +40,21 @@ def _predictions(gm: torch.fx.GraphModule) -> Callable[[torch.Tensor], torch.Ten
     return label
 
 
+def _check_lengths(calibration: Any) -> None:
+    """Refuse (inputs, labels) of different lengths with a crisp error, before any work."""
+    if isinstance(calibration, tuple) and len(calibration) == 2 and all(hasattr(c, "__len__") for c in calibration):
+        n_inputs, n_labels = len(calibration[0]), len(calibration[1])
+        if n_inputs != n_labels:
+            raise DataError(f"the calibration data has {n_inputs} inputs but {n_labels} labels; give one label per "
+                            "input (or no labels: crisp then labels each input with the model's own prediction)")
+
+
 def onnx_taylor_saliency(model: onnx.ModelProto, layers: list[OnnxLayer], calibration: Any,
                          classes: Iterable[int] | None) -> dict[str, torch.Tensor]:
     """``{layer name: saliency in the GEMM view}`` of ``layers``, on the calibration samples of
     ``classes`` (every class when None). ``calibration`` takes the forms of
     :class:`crisp.pruning.class_data.CalibrationBatches`; labels default to the model's own predictions."""
+    _check_lengths(calibration)
     gm = onnx_to_fx(model, trainable={layer.weight_name for layer in layers})
     if sum(1 for n in gm.graph.nodes if n.op == "placeholder") != 1:
         raise ModelError("class-aware saliency on ONNX supports models with one input; use saliency='magnitude'")

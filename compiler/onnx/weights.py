@@ -22,10 +22,11 @@ from onnx import helper
 from crisp.ir.conv_geometry import ConvGeometry, same_pads
 from crisp.ir.layer_info import LayerInfo
 from crisp.ir.prunable import decide, excluded_by
-from crisp.onnx.io import fold_constant_tensors, replace_with_initializers, skeleton
+from crisp.onnx.io import fold_constant_tensors, overridable_inputs, replace_with_initializers, skeleton
+from crisp.onnx.tidy import use_counts
 from crisp.sparsity.gemm_view import gemm_shape, gemm_to_weight, weight_to_gemm
 
-PRUNABLE_DTYPES = (np.float32,)
+PRUNABLE_DTYPES = (np.float32, np.float16)  # fp16 weights are pruned in float32 and stored back as fp16
 PAD_MODES = {"reflect": "reflect", "edge": "replicate", "wrap": "circular"}  # ONNX Pad mode -> torch padding_mode
 
 
@@ -51,7 +52,7 @@ class OnnxLayer(LayerInfo):
 
     def weight_from_onnx(self, array: np.ndarray) -> torch.Tensor:
         """The ONNX weight array in the torch layout of ``weight_shape``."""
-        array = np.ascontiguousarray(array)
+        array = np.ascontiguousarray(array if array.dtype == np.float32 else array.astype(np.float32))
         t = torch.from_numpy(array if array.flags.writeable else array.copy())
         return t.t().contiguous() if self.weight_transposed else t
 
@@ -113,20 +114,16 @@ class _GraphFacts:
     pad_modes: dict  # tensor name -> padding_mode of the non-constant Pad that produces it
 
 
-def _graph_facts(graph: onnx.GraphProto, consts: dict) -> _GraphFacts:
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for i in node.input:
-            uses[i] = uses.get(i, 0) + 1
-    for o in graph.output:
-        uses[o.name] = uses.get(o.name, 0) + 1
+def _graph_facts(model: onnx.ModelProto, consts: dict) -> _GraphFacts:
+    graph = model.graph
+    uses = use_counts(graph, model.functions)  # uses inside If/Loop/Scan bodies and functions count
     pad_modes = {}
     for node in graph.node:
         if node.op_type == "Pad" and node.domain in ("", "ai.onnx"):
             mode = _text(_attrs(node).get("mode", b"constant"))
             if mode != "constant":
                 pad_modes[node.output[0]] = PAD_MODES.get(mode, mode)
-    return _GraphFacts(consts, uses, frozenset(i.name for i in graph.input), pad_modes)
+    return _GraphFacts(consts, uses, frozenset(overridable_inputs(model)), pad_modes)
 
 
 def find_layers(model: onnx.ModelProto, exclude: tuple[str, ...] = (), *, block: int) -> list[OnnxLayer]:
@@ -145,7 +142,7 @@ def find_layers(model: onnx.ModelProto, exclude: tuple[str, ...] = (), *, block:
     folded = {name: value for name, value in consts.items() if name not in initialized}
     if folded:
         replace_with_initializers(model, folded)
-    facts = _graph_facts(graph, consts)
+    facts = _graph_facts(model, consts)
     return [_describe(idx, node, facts, tuple(exclude), block) for idx, node in _candidates(graph)]
 
 
@@ -153,15 +150,16 @@ def _unbound(node: onnx.NodeProto, facts: _GraphFacts) -> str | None:
     """Why the node's weight cannot be bound to a constant crisp may rewrite, or None."""
     weight_name, consts = node.input[1], facts.consts
     weight = consts.get(weight_name)
+    if weight_name in facts.graph_inputs:
+        return (f"weight {weight_name!r} is also a graph input (it can be overridden at run time); "
+                "remove it from the graph inputs to let crisp prune it")
     if weight is None:
         return ("the constant operand is the first one (crisp prunes a constant right-hand weight)"
                 if node.input[0] in consts else "weight is computed from graph inputs, not a constant")
     if node.input[0] in consts:
         return "both operands are constant (nothing to run at inference)"
     if weight.dtype.type not in PRUNABLE_DTYPES:
-        return f"weight dtype {weight.dtype} is not pruned (float32 only)"
-    if weight_name in facts.graph_inputs:
-        return f"weight {weight_name!r} is also a graph input (it can be overridden at run time)"
+        return f"weight dtype {weight.dtype} is not pruned (float32 and float16 only)"
     if weight.ndim != 2 and node.op_type != "Conv":
         return f"{node.op_type} weight has {weight.ndim} dimensions (only 2-D weights are pruned)"
     return None

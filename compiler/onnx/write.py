@@ -27,8 +27,9 @@ def _replace_initializer(model: onnx.ModelProto, tensor: onnx.TensorProto) -> No
 
 
 def write_dense_layer(model: onnx.ModelProto, layer: OnnxLayer, masked: torch.Tensor) -> None:
-    """Overwrite ``layer``'s weight initializer with the masked weight (same name, shape, layout)."""
-    array = layer.weight_to_onnx(masked).astype(np.float32)
+    """Overwrite ``layer``'s weight initializer with the masked weight (same name, shape, layout, dtype)."""
+    dtype = layer.weight.dtype if layer.weight is not None else np.float32
+    array = layer.weight_to_onnx(masked).astype(dtype)
     _replace_initializer(model, numpy_helper.from_array(array, layer.weight_name))
 
 

@@ -4,6 +4,11 @@ input or output path ends with a one-line error, exit code 1 and no output file.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import stat
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -89,3 +94,67 @@ def test_calibration_file_and_classes(tmp_path):
     assert code == 0
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert props["crisp.saliency"] == "taylor"
+
+
+def _snapshot(folder):
+    return {p.name: (p.is_symlink(), p.read_bytes() if p.is_file() and not p.is_symlink() else None) for p in folder.iterdir()}
+
+
+def test_outputs_that_would_overwrite_an_input_are_refused_before_any_work(tmp_path, capsys):
+    src = _model(tmp_path / "in.onnx")
+    ext = tmp_path / "ext.onnx"
+    assert main(["optimize", str(src), "-o", str(ext), "--format", "dense", "--external-data", "--quiet"]) == 0
+    onnx.save_model(onnx.load(str(ext)), str(tmp_path / "w.onnx"), save_as_external_data=True, location="w.bin")
+    (tmp_path / "link.onnx").symlink_to(src)
+    before = _snapshot(tmp_path)
+    cases = [
+        ([str(src), "-o", str(src)], "is the input model"),
+        ([str(src), "-o", str(tmp_path / "." / "in.onnx")], "is the input model"),
+        ([str(src), "-o", str(tmp_path / "link.onnx")], "is the input model"),  # a symlink to the input
+        ([str(tmp_path / "w.onnx"), "-o", str(tmp_path / "w.bin")], "external data"),
+        ([str(src), "-o", str(tmp_path / "o.onnx"), "--report", str(tmp_path / "o.onnx")], "is the output model"),
+        ([str(src), "-o", str(tmp_path / "o.onnx"), "--report", str(src)], "is the input model"),
+        ([str(src), "-o", str(tmp_path / "o.onnx"), "--external-data", "--report", str(tmp_path / "o.onnx.data")], "report"),
+    ]
+    for args, message in cases:
+        assert main(["optimize", *args, "--quiet"]) == 1, args
+        err = capsys.readouterr().err
+        assert err.startswith("crisp: error:") and message in err, (args, err)
+    assert _snapshot(tmp_path) == before  # no file changed, none added
+
+
+def test_symlinks_are_written_through_and_fifos_refused(tmp_path, capsys):
+    src = _model(tmp_path / "in.onnx")
+    real = tmp_path / "real.onnx"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(real)
+    assert main(["optimize", str(src), "-o", str(link), "--quiet"]) == 0
+    assert link.is_symlink() and onnx.load(str(real)).graph.node  # the link stays, its target has the model
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    assert main(["optimize", str(src), "-o", str(fifo), "--quiet"]) == 1
+    assert "not a regular file" in capsys.readouterr().err and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert main(["optimize", str(src), "-o", "/dev/null", "--quiet"]) == 1
+
+
+SIGTERM_DURING_WRITE = """
+import os, signal, sys, onnx
+import crisp.onnx.io as io
+real_save = onnx.save_model
+def save_then_die(model, path, *a, **k):
+    real_save(model, path, *a, **k)  # the temporary file is complete, the rename has not happened
+    os.kill(os.getpid(), signal.SIGTERM)
+io.onnx.save_model = save_then_die
+from crisp.cli import main
+sys.exit(main(["optimize", sys.argv[1], "-o", sys.argv[2], "--quiet"]))
+"""
+
+
+def test_sigterm_during_the_write_leaves_no_temporary_file(tmp_path):
+    src = _model(tmp_path / "in.onnx")
+    before = src.read_bytes()
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_DURING_WRITE, str(src), str(tmp_path / "out.onnx")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGTERM, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"] and src.read_bytes() == before
