@@ -212,7 +212,7 @@ class OnnxRuntimeModule(torch.nn.Module):
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
-@register_backend("onnx")
+@register_backend("onnx", options=("opset", "threads", "onnx_body"))
 def onnx_backend(lowered: BackendInput) -> BackendOutput:
     """Export the lowered graph to compact ONNX and run it with onnxruntime. Options:
     ``opset`` (default 17), ``threads`` (onnxruntime intra-op threads), ``onnx_body``

@@ -13,7 +13,7 @@ from crisp.backends.registry import BackendInput, BackendOutput, register_backen
 from crisp.backends.stc_trace import trace_from_layers
 
 
-@register_backend("crisp-stc")
+@register_backend("crisp-stc", options=("arch", "trace_path", "strict"))
 def stc_backend(inp: BackendInput) -> BackendOutput:
     opts = inp.options or {}
     trace = trace_from_layers(inp.layers, arch=opts.get("arch", "crisp-stc"), strict=bool(opts.get("strict", False)))

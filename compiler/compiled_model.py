@@ -22,6 +22,7 @@ from crisp.ir.layer_info import LayerInfo
 from crisp.report import Report
 from crisp.runtime import fast_kernel
 from crisp.simulate_api import simulate
+from crisp.validate import InputSpec
 
 
 class CompiledModel:
@@ -40,6 +41,7 @@ class CompiledModel:
         self.report = report
         self.target = target
         self.artifacts = artifacts or {}
+        self.input_spec: InputSpec | None = None  # set by crisp.compile: what a call must pass
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -69,6 +71,10 @@ class CompiledModel:
                          "and crisp.load('model.crisp')")
 
     def __call__(self, *args, **kwargs):
+        """Run the compiled model; inputs that differ from the compiled ones (type, dtype, rank, sizes
+        other than the batch) raise a ModelError naming the input before any kernel runs."""
+        if self.input_spec is not None and not kwargs:
+            self.input_spec.check(args)
         with torch.no_grad():
             return self.module(*args, **kwargs)
 

@@ -37,13 +37,21 @@ class ComputeSaliency(CrispPass):
             scores = magnitude_saliency(graph_module, [info.weight_name for info in layers])
         else:
             scores = self.fn(graph_module)
+            if not isinstance(scores, dict):
+                raise ModelError(f"the saliency function must return a dict {{parameter name: tensor of the weight's "
+                                 f"shape}}, got {type(scores).__name__}")
         for info in layers:
             sal = scores.get(info.weight_name)
             if sal is None:
                 raise ModelError(f"the saliency function gave no score for layer {info.name!r} ({info.weight_name})")
+            if not isinstance(sal, torch.Tensor):
+                raise ModelError(f"the saliency function's score for layer {info.name!r} ({info.weight_name}) must be a "
+                                 f"tensor of shape {info.weight_shape}, got {type(sal).__name__}")
             if tuple(sal.shape) != info.weight_shape:
                 raise ModelError(
                     f"saliency of layer {info.name!r} has shape {tuple(sal.shape)}, expected {info.weight_shape}"
                 )
+            if not bool(torch.isfinite(sal).all()):
+                raise ModelError(f"the saliency of layer {info.name!r} ({info.weight_name}) has NaN or Inf values")
             info.saliency = sal.detach().float().clone()
         return False

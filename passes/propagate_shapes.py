@@ -11,6 +11,7 @@ from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp
 
 from crisp.errors import ModelError
+from crisp.validate import clone_inputs
 
 from crisp.passes.base import CrispPass
 
@@ -23,6 +24,7 @@ class _NamedShapeProp(ShapeProp):
             if isinstance(exc, ModelError):
                 raise
             shapes = [tuple(a.shape) for a in self.args_of(n) if isinstance(a, torch.Tensor)]
+            exc = exc.__cause__ if exc.__cause__ is not None and "ShapeProp error" in str(exc) else exc  # the real cause
             raise ModelError(
                 f"the example inputs do not fit the model: node {n.name!r} ({n.op} {n.target}) failed on "
                 f"inputs of shape {shapes}: {type(exc).__name__}: {exc}. Pass example inputs of the shape the model expects."
@@ -51,5 +53,5 @@ class PropagateShapes(CrispPass):
                 f"but {len(self.example_inputs)} example input(s) were given"
             )
         with torch.no_grad():
-            _NamedShapeProp(graph_module).propagate(*self.example_inputs)
+            _NamedShapeProp(graph_module).propagate(*clone_inputs(self.example_inputs))
         return False

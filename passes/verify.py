@@ -10,6 +10,7 @@ from torch import fx, nn
 from crisp.errors import VerificationError
 from crisp.ir.tracing import layer_nodes
 from crisp.sparsity.masking import apply_masks, relative_error
+from crisp.validate import clone_inputs
 
 from crisp.passes.base import CrispPass
 
@@ -37,8 +38,8 @@ class VerifyAgainstMaskedDense(CrispPass):
         masks = {info.weight_name: info.mask for _, info in layer_nodes(graph_module) if info.mask is not None}
         reference = apply_masks(self.original, masks)
         with torch.no_grad():
-            expected = _flat_tensors(reference(*self.example_inputs))
-            actual = _flat_tensors(graph_module(*self.example_inputs))
+            expected = _flat_tensors(reference(*clone_inputs(self.example_inputs)))  # each run on fresh copies:
+            actual = _flat_tensors(graph_module(*clone_inputs(self.example_inputs)))  # a forward may change its input
         if len(expected) != len(actual):
             raise VerificationError(f"compiled model returns {len(actual)} tensors, the masked model {len(expected)}")
         errors = [relative_error(a, e) for a, e in zip(actual, expected)]

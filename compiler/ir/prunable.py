@@ -98,3 +98,56 @@ def describe_module(name: str, module: nn.Module, block: int, *, out_shape=None,
         gemm_shape=gemm_shape(weight_shape), out_positions=out_positions_of(kind, out_shape, batch), batch=batch,
         prunable=prunable, reason=reason, conv=conv, has_bias=getattr(module, "bias", None) is not None,
     )
+
+
+def layer_kind(module: nn.Module) -> str | None:
+    """``"conv"`` / ``"linear"`` for a module crisp lowers: an ``nn.Conv2d`` / ``nn.Linear`` or a
+    subclass that keeps the parent's forward; None for anything else."""
+    if isinstance(module, nn.Conv2d) and type(module).forward is nn.Conv2d.forward \
+            and type(module)._conv_forward is nn.Conv2d._conv_forward:
+        return "conv"
+    if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
+        return "linear"
+    return None
+
+
+def other_layer_reason(module: nn.Module) -> str | None:
+    """Why a conv-like or linear-like module that is not lowered stays dense (None: not conv/linear-like)."""
+    cls = type(module).__name__
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return f"transposed convolution ({cls}) is not lowered; stays dense"
+    if isinstance(module, (nn.Conv1d, nn.Conv3d)):
+        return f"{cls} ({len(module.weight.shape) - 2}-D convolution; only 2-D convolutions are pruned) stays dense"
+    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear)):
+        return f"{cls} overrides forward, so crisp cannot know what it computes; stays dense (or exclude it)"
+    return None
+
+
+_FUNCTIONAL = {"conv1d": "conv", "conv2d": "conv", "conv3d": "conv", "conv_transpose1d": "conv",
+               "conv_transpose2d": "conv", "conv_transpose3d": "conv", "convolution": "conv",
+               "_convolution": "conv", "linear": "linear", "bilinear": "linear", "addmm": "linear"}
+
+
+def functional_layer_kind(target) -> str | None:
+    """``"conv"`` / ``"linear"`` when an fx ``call_function`` target is a convolution or linear op
+    (``F.conv2d``, ``torch.conv2d``, ``aten.conv2d.default`` ...), else None."""
+    name = getattr(target, "__name__", None)
+    if not isinstance(name, str):
+        return None
+    return _FUNCTIONAL.get(name.split(".")[0])
+
+
+def describe_dense(name: str, weight_name: str, weight_shape: tuple[int, ...], kind: str, reason: str, *,
+                   out_shape=None, batch: int = 1, has_bias: bool = False) -> LayerInfo:
+    """The LayerInfo of a conv/linear-like layer that crisp reports but never lowers (dense, with ``reason``)."""
+    positions = 1
+    if out_shape is not None and kind == "conv":
+        for d in tuple(out_shape)[2:]:
+            positions *= int(d)
+    elif kind == "linear":
+        positions = out_positions_of(kind, out_shape, batch)
+    return LayerInfo(
+        name=name, kind=kind, weight_name=weight_name, weight_shape=tuple(weight_shape),
+        gemm_shape=gemm_shape(weight_shape) if weight_shape else (0, 0), out_positions=positions, batch=batch,
+        prunable=False, reason=reason, conv=None, has_bias=has_bias,
+    )

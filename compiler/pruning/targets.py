@@ -14,7 +14,7 @@ from torch import nn
 
 from crisp.errors import ModelError, PatternError
 from crisp.ir.layer_info import LayerInfo
-from crisp.ir.prunable import describe_module, excluded_by, weight_uses
+from crisp.ir.prunable import describe_module, excluded_by, layer_kind, weight_uses
 from crisp.sparsity.pattern import Pattern
 from crisp.sparsity.selection import select_hybrid_masks
 
@@ -22,7 +22,7 @@ PruneTarget = LayerInfo  # the record find_prunable returns: ``name`` is the mod
 
 
 def _is_layer(module: nn.Module) -> bool:
-    return type(module) in (nn.Conv2d, nn.Linear)
+    return layer_kind(module) is not None
 
 
 def _run_once(model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor) -> tuple[dict[str, int], dict[str, tuple]]:

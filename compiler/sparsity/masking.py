@@ -12,12 +12,21 @@ from crisp.errors import ModelError
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     """A deep copy of ``model`` in eval mode with ``param *= mask`` for every masked parameter."""
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"apply_masks takes a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(masks, dict):
+        raise ModelError(f"masks must be a dict {{parameter name: bool tensor}}, got {type(masks).__name__}")
     masked = copy.deepcopy(model).eval()
     params = dict(masked.named_parameters())
+    for name, mask in masks.items():
+        if name not in params:
+            raise ModelError(f"mask for {name!r} names no parameter of the model")
+        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(params[name].shape):
+            got = list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ModelError(f"mask for {name!r} must be a tensor of the parameter's shape {list(params[name].shape)}, "
+                             f"got {got}")
     with torch.no_grad():
         for name, mask in masks.items():
-            if name not in params:
-                raise ModelError(f"mask for {name!r} names no parameter of the model")
             params[name].mul_(mask.to(params[name].dtype))
     return masked
 
