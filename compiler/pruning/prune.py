@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from crisp.pruning.class_data import ClassBatches, DataError, num_outputs, reiterable, validate_classes
-from crisp.errors import ModelError
+from crisp.errors import CrispError, ModelError
+from crisp.validate import check_bool, check_callable, check_names_in, check_number, check_seed
 from crisp.pruning.head import shrink_head as shrink_classifier
 from crisp.sparsity.pattern import Pattern, check_sparsity, resolve_pattern
 from crisp.pruning.loop import (
@@ -55,11 +56,37 @@ def _callbacks(callbacks: object) -> list[Callable[[StepRecord], object]]:
         return []
     if callable(callbacks):
         return [callbacks]
-    cbs = list(callbacks)  # type: ignore[arg-type]
-    for cb in cbs:
-        if not callable(cb):
-            raise DataError(f"callbacks must be callables taking a StepRecord, got {cb!r}")
-    return cbs
+    if not isinstance(callbacks, (list, tuple)):
+        raise DataError(f"callbacks must be a callable or a list of callables taking a StepRecord, got {callbacks!r}")
+    for cb in callbacks:
+        check_callable("each of callbacks", cb, error=DataError)
+    return list(callbacks)
+
+
+def _check_plain_arguments(model: nn.Module, seed, lr, momentum, weight_decay, exclude, shrink_head, progress) -> None:
+    """The scalar and name arguments of :func:`prune`, checked before any work."""
+    check_seed(seed)
+    if lr is not None:
+        check_number("lr", lr, positive=True, maximum=1e3)
+    check_number("momentum", momentum, minimum=0.0, maximum=1.0)
+    check_number("weight_decay", weight_decay, minimum=0.0, maximum=1.0)
+    check_bool("shrink_head", shrink_head)
+    if progress is not None:
+        check_bool("progress", progress)
+    known = [n for n, _ in model.named_modules() if n] + [n for n, _ in model.named_parameters()]
+    check_names_in("exclude", exclude, known, error=ModelError)
+
+
+def _num_outputs(model: nn.Module, first) -> int:
+    """:func:`num_outputs`, with a forward pass that fails on the data's inputs reported as a DataError."""
+    try:
+        return num_outputs(model, first)
+    except CrispError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        shape = list(first.shape) if isinstance(first, torch.Tensor) else type(first).__name__
+        raise DataError(f"the model cannot run on train_data's inputs (shape {shape}): {type(exc).__name__}: {exc}. "
+                        "Pass batches of the input shape the model expects") from exc
 
 
 def prune(
@@ -106,13 +133,14 @@ def prune(
     schedule = sparsity_schedule(pat, kappa, steps)
     _check_int("epochs_per_step", epochs_per_step, 0)
     _check_int("warmup_epochs", warmup_epochs, 0)
+    _check_plain_arguments(model, seed, lr, momentum, weight_decay, exclude, shrink_head, progress)
     cbs = _callbacks(callbacks)
     lr = (0.05 if method == "learned" else 0.01) if lr is None else float(lr)
     show = sys.stderr.isatty() if progress is None else bool(progress)
 
     train_data = reiterable(train_data, "train_data")
     first = ClassBatches(train_data, validate_classes(classes), name="train_data").first_inputs()
-    n_out = num_outputs(model, first)
+    n_out = _num_outputs(model, first)
     classes = validate_classes(classes, n_out)
 
     work = copy.deepcopy(model)
