@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from crisp.onnx.compact import BODIES, DOMAIN, MIN_OPSET, FunctionSet
+from crisp.validate import check_names_in
 from crisp.errors import ModelError
 from crisp.progress import progress as progress_bar
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
@@ -118,6 +119,9 @@ def optimize_onnx_with_report(
     model, source = _read(model_or_path)
     refuse_crisp_output(model, source)
     check_opsets(model, source)
+    exclude = check_names_in("exclude", exclude, [n.name for n in model.graph.node if n.name]
+                             + [i.name for i in model.graph.initializer], f"a node or initializer of {source}",
+                             error=ModelError)
     source_bytes, source_nodes, ir_in = model.ByteSize(), len(model.graph.node), model.ir_version
     dead_before = dead_initializers(model)
     listed = {i.name for i in model.graph.input} & {t.name for t in model.graph.initializer}
