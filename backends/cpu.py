@@ -27,7 +27,7 @@ from crisp.passes import (
     FoldDenseBatchNorms, FuseSparseLayersForCpu, LowerDenseConvs, LowerDepthwiseConvs, LowerPools, PackedLayer,
     Pipeline, named_pipeline,
 )
-from crisp.runtime import fast_kernel
+from crisp.runtime import cpu_capability, fast_kernel
 
 from crisp.backends.registry import BackendInput, BackendOutput, register_backend
 
@@ -64,7 +64,8 @@ def cpu_backend(lowered: BackendInput) -> BackendOutput:
     done = gm.meta.get(CPU_KEY, {})
     packed = sum(m.nbytes for m in gm.modules() if isinstance(m, PackedLayer))
     return BackendOutput(module=gm, artifacts={
-        "cpu_kernels": "fast", "fused": done.get("fused", {}), "folded_batchnorms": done.get("folded_batchnorms", []),
+        "cpu_kernels": "fast", "cpu_isa": fast_kernel.cpu_capability(), "cpu": cpu_capability.cpu_model(),
+        "fused": done.get("fused", {}), "folded_batchnorms": done.get("folded_batchnorms", []),
         "dense_convs": done.get("dense_convs", []), "lowered_pools": done.get("lowered_pools", []),
         "packed_weight_bytes": packed,
     })

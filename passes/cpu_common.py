@@ -83,7 +83,7 @@ def sole_user(node: fx.Node) -> fx.Node | None:
 
 def pack(compact, in_channels: int, conv: bool) -> PackedHybridWeight | ChannelPackedWeight:
     """The layout of the kernel that runs this weight: channel-vector where it fits, else rows."""
-    if conv and fast_kernel.channel_kernel_available() and ChannelPackedWeight.supports(compact, in_channels):
+    if conv and ChannelPackedWeight.supports(compact, in_channels, fast_kernel.channel_max_m()):
         return ChannelPackedWeight.from_compact(compact, in_channels)
     return PackedHybridWeight.from_compact(compact)
 
@@ -92,9 +92,9 @@ def conv_call(graph: fx.Graph, packed, x, attrs, bias, residual, geometry) -> fx
     """The fused conv op for ``packed`` (its tensors as get_attr nodes ``attrs``); channels-last out."""
     if isinstance(packed, ChannelPackedWeight):
         args = (x, *attrs, packed.rows, packed.n, packed.m, bias, residual, *geometry)
-        return graph.call_function(torch.ops.crisp.hybrid_sparse_conv2d_nhwc.default, args)
+        return graph.call_function(fast_kernel.op("hybrid_sparse_conv2d_nhwc"), args)
     args = (x, *attrs, packed.in_features, bias, residual, *geometry, True)
-    return graph.call_function(torch.ops.crisp.hybrid_sparse_conv2d_fast.default, args)
+    return graph.call_function(fast_kernel.op("hybrid_sparse_conv2d_fast"), args)
 
 
 def is_plain_conv(module: nn.Module) -> bool:

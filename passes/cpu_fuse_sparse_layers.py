@@ -21,6 +21,7 @@ from torch import fx
 from crisp.ir.layer_info import META_KEY, LayerInfo
 from crisp.ir.meta import LOWERED_KEY
 from crisp.runtime.ops import HYBRID_SPARSE_GEMM
+from crisp.runtime import fast_kernel
 from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
 
 from crisp.passes.base import CrispPass
@@ -104,7 +105,7 @@ def _fuse_layer(gm: fx.GraphModule, gemm: fx.Node, info: LayerInfo, fuse_activat
             geometry = (list(conv.kernel), list(conv.strides), list(conv.padding), list(conv.dilations), *clamp)
             fused = conv_call(graph, packed, x, attrs, bias, residual, geometry)
         else:
-            fused = graph.call_function(torch.ops.crisp.hybrid_sparse_linear_fast.default,
+            fused = graph.call_function(fast_kernel.op("hybrid_sparse_linear_fast"),
                                         (x, *attrs, packed.in_features, bias, *clamp))
     fused.meta[LOWERED_KEY] = info.name
     fused.meta[META_KEY] = info

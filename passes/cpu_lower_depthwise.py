@@ -6,8 +6,9 @@ Recorded under ``meta[CPU_KEY]["dense_convs"]`` (e.g. ``"features.2.conv.1.0+rel
 
 from __future__ import annotations
 
-import torch
 from torch import fx, nn
+
+from crisp.runtime import fast_kernel
 
 from crisp.passes.base import CrispPass
 from crisp.passes.cpu_common import (
@@ -47,7 +48,7 @@ class LowerDepthwiseConvs(CrispPass):
             def call(lo, hi, node=node, layer=layer):
                 weight = gm.graph.get_attr(f"{node.target}.weight")
                 bias = gm.graph.get_attr(f"{node.target}.bias") if layer.bias is not None else None
-                return gm.graph.call_function(torch.ops.crisp.depthwise_conv2d_nhwc.default,
+                return gm.graph.call_function(fast_kernel.op("depthwise_conv2d_nhwc"),
                                               (node.args[0], weight, bias, *layer.geometry, lo, hi))
 
             lowered.append(replace_module_call(gm, node, self.fuse_activations, call))

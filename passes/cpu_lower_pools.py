@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import fx, nn
 
+from crisp.runtime import fast_kernel
 from crisp.runtime.fast_kernel import size_pair
 
 from crisp.passes.base import CrispPass
@@ -25,9 +25,9 @@ def pool_call(module: nn.Module) -> tuple[Any, tuple] | None:
         if (module.ceil_mode or module.return_indices or size_pair(module.dilation) != [1, 1]
                 or any(2 * p > k for p, k in zip(padding, kernel))):
             return None
-        return torch.ops.crisp.max_pool2d_nhwc.default, (kernel, size_pair(module.stride or module.kernel_size), padding)
+        return fast_kernel.op("max_pool2d_nhwc"), (kernel, size_pair(module.stride or module.kernel_size), padding)
     if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1), [1, 1]):
-        return torch.ops.crisp.global_avg_pool_nhwc.default, ()
+        return fast_kernel.op("global_avg_pool_nhwc"), ()
     return None
 
 

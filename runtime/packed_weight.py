@@ -130,10 +130,11 @@ class ChannelPackedWeight:
     weight_shape: tuple[int, ...]
 
     @staticmethod
-    def supports(weight: HybridSparseTensor, in_channels: int) -> bool:
-        """The layout needs 16 | block, m <= 16 and groups that never straddle two taps (m | C)."""
+    def supports(weight: HybridSparseTensor, in_channels: int, max_m: int = 16) -> bool:
+        """The layout needs 16 | block, m <= ``max_m`` (the kernel's vector lanes: 16 on AVX-512, 8
+        on AVX2 and the portable path) and groups that never straddle two taps (m | C)."""
         p = weight.pattern
-        return p.block % 16 == 0 and p.m <= 16 and in_channels % p.m == 0 and weight.shape[1] % in_channels == 0
+        return p.block % 16 == 0 and p.m <= max_m and in_channels % p.m == 0 and weight.shape[1] % in_channels == 0
 
     @classmethod
     def from_compact(cls, weight: HybridSparseTensor, in_channels: int) -> "ChannelPackedWeight":

@@ -203,8 +203,8 @@ def per_layer_times(model: nn.Module, compiled, x: torch.Tensor, **measure_kw) -
             module = folded.get_submodule(info.name)
             xi = inputs[info.name]
             bias = None if module.bias is None else module.bias.detach()
-            channel = (info.kind == "conv" and fast_kernel.channel_kernel_available()
-                       and ChannelPackedWeight.supports(info.compact, info.weight_shape[1]))
+            channel = (info.kind == "conv" and ChannelPackedWeight.supports(info.compact, info.weight_shape[1],
+                                                                         fast_kernel.channel_max_m()))
             packed = (ChannelPackedWeight.from_compact(info.compact, info.weight_shape[1]) if channel
                       else PackedHybridWeight.from_compact(info.compact))
             density = float(info.mask.sum()) / info.mask.numel()

@@ -62,7 +62,7 @@ def kernel_alternatives(model: nn.Module, compiled, x: torch.Tensor, **measure_k
             runs = {}
             rows_pack = PackedHybridWeight.from_compact(info.compact)
             runs["cpp_rows_kernel"] = lambda: fast_kernel.conv2d(xi, rows_pack, None, *geometry)
-            if fast_kernel.channel_kernel_available() and ChannelPackedWeight.supports(info.compact, info.weight_shape[1]):
+            if ChannelPackedWeight.supports(info.compact, info.weight_shape[1], fast_kernel.channel_max_m()):
                 chan_pack = ChannelPackedWeight.from_compact(info.compact, info.weight_shape[1])
                 runs["cpp_channel_kernel"] = lambda: fast_kernel.conv2d(x_cl, chan_pack, None, *geometry)
             gather_bmm = TorchGatherBmm(info)

@@ -24,9 +24,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "channel_isa.h"
 
 #include <unistd.h>
 
@@ -41,6 +39,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 namespace crisp_cpu {
@@ -711,16 +710,15 @@ at::Tensor linear_fast(const at::Tensor& x_in, const at::Tensor& row_ptr, const 
 // activations. In GEMM column order (kh, kw, cin) the m columns of an N:M group are m
 // consecutive input channels of one pixel, so for each output position the kernel loads the
 // group's m inputs once into a register and lets every lane (output channel) pick its n kept
-// inputs with a register permute (vpermps, m <= 16): one FMA per kept
+// inputs with a register permute (see channel_isa.h; m <= the ISA's lanes): one FMA per kept
 // weight, no wasted lane, no gather. The weight is packed per 16-channel row vector and group:
 // vals[rv, g, j, lane], idx[rv, g, j, lane] (uint8 position in the group), and per block-row
-// and group its tap and first input channel (gtap, gcin). Needs AVX-512.
+// and group its tap and first input channel (gtap, gcin). An ISA of L < 16 lanes runs each row
+// vector as 16 / L halves of the same packing.
 // Loop order (measured on Zen 4): a work item is a span of output positions x a run of row
-// vectors; for each tile of P = 8 positions it looks up where every tap of every position reads
+// vectors; for each tile of P positions it looks up where every tap of every position reads
 // (the input itself, or zeros in the padding: no padded copy), then runs all its row vectors on
-// that tile, two at a time when they share a block-row (B >= 32), so one group load feeds 2 x n
-// FMAs.
-#if defined(__AVX512F__)
+// that tile, RV at a time when they share a block-row, so one group load feeds RV x n FMAs.
 constexpr bool kHaveChannelKernel = true;
 
 struct ChanWeights {
@@ -773,24 +771,14 @@ struct ChanSink {
   Clamp clamp;
 };
 
-template <bool WIDE>
-inline __m512 load_group(const float* p, __mmask16 live) {
-  if constexpr (WIDE) {
-    return _mm512_maskz_loadu_ps(live, p);  // never reads past the group's m channels
-  } else {
-    return _mm512_castps128_ps512(_mm_loadu_ps(p));  // upper lanes undefined, never picked
-  }
-}
+using IV = Isa::V;
+constexpr int H = kHalves;
 
-// vpermps: measured faster on Zen 4 than an in-lane vpermilps of a broadcast group.
-inline __m512 pick(__m512 x, __m512i i) { return _mm512_permutexvar_ps(i, x); }
-
-// acc[u][q] (16 channels of row vector rv + u at position q) += the kept weights times inputs,
+// acc[u][h][q] (lanes h*L.. of row vector rv + u at position q) += the kept weights times inputs,
 // for RV row vectors of one block-row (they share its groups, so each group's inputs are
 // loaded once for all of them).
 template <int P, int NN, bool WIDE, int RV, bool DENSE = false>
-inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t rv, __mmask16 live,
-                      __m512 (&acc)[RV][P]) {
+inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t rv, Isa::G live, IV (&acc)[RV][H][P]) {
   const int64_t br = rv / w.rvs_per_br;
   const int64_t n = NN > 0 ? NN : w.n;
   const int64_t rv_stride = w.groups * n * 16;
@@ -802,49 +790,52 @@ inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t r
     const float* const* ptr = table + gtap[g] * P;
     const int64_t cin = gcin[g];
     if constexpr (DENSE) {  // every weight of the group kept (n == m): entry j multiplies input j
-      __m512 v[RV][NN];
+      IV v[RV][H][NN];
 #pragma GCC unroll 4
       for (int u = 0; u < RV; ++u)
+        for (int hh = 0; hh < H; ++hh)
 #pragma GCC unroll 4
-        for (int j = 0; j < NN; ++j) v[u][j] = _mm512_loadu_ps(vals + u * rv_stride + (g * NN + j) * 16);
+          for (int j = 0; j < NN; ++j) v[u][hh][j] = Isa::load(vals + u * rv_stride + (g * NN + j) * 16 + hh * Isa::L);
 #pragma GCC unroll 16
       for (int q = 0; q < P; ++q) {
 #pragma GCC unroll 4
         for (int j = 0; j < NN; ++j) {
-          const __m512 xj = _mm512_set1_ps(ptr[q][cin + j]);
+          const IV xj = Isa::set1(ptr[q][cin + j]);
 #pragma GCC unroll 4
-          for (int u = 0; u < RV; ++u) acc[u][q] = _mm512_fmadd_ps(v[u][j], xj, acc[u][q]);
+          for (int u = 0; u < RV; ++u)
+            for (int hh = 0; hh < H; ++hh) acc[u][hh][q] = Isa::fma(v[u][hh][j], xj, acc[u][hh][q]);
         }
       }
     } else if constexpr (NN > 0) {
-      __m512 v[RV][NN];
-      __m512i ix[RV][NN];
+      IV v[RV][H][NN];
+      Isa::I ix[RV][H][NN];
 #pragma GCC unroll 4
       for (int u = 0; u < RV; ++u)
+        for (int hh = 0; hh < H; ++hh)
 #pragma GCC unroll 4
-        for (int j = 0; j < NN; ++j) {
-          const int64_t o = u * rv_stride + (g * NN + j) * 16;
-          v[u][j] = _mm512_loadu_ps(vals + o);
-          ix[u][j] = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + o)));
-        }
+          for (int j = 0; j < NN; ++j) {
+            const int64_t o = u * rv_stride + (g * NN + j) * 16 + hh * Isa::L;
+            v[u][hh][j] = Isa::load(vals + o);
+            ix[u][hh][j] = Isa::load_idx(idx + o);
+          }
 #pragma GCC unroll 16
       for (int q = 0; q < P; ++q) {
-        const __m512 xg = load_group<WIDE>(ptr[q] + cin, live);
+        const IV xg = Isa::load_group<WIDE>(ptr[q] + cin, live);
 #pragma GCC unroll 4
         for (int u = 0; u < RV; ++u)
+          for (int hh = 0; hh < H; ++hh)
 #pragma GCC unroll 4
-          for (int j = 0; j < NN; ++j) acc[u][q] = _mm512_fmadd_ps(v[u][j], pick(xg, ix[u][j]), acc[u][q]);
+            for (int j = 0; j < NN; ++j) acc[u][hh][q] = Isa::fma(v[u][hh][j], Isa::pick(xg, ix[u][hh][j]), acc[u][hh][q]);
       }
     } else {
       for (int q = 0; q < P; ++q) {
-        const __m512 xg = load_group<WIDE>(ptr[q] + cin, live);
+        const IV xg = Isa::load_group<WIDE>(ptr[q] + cin, live);
         for (int u = 0; u < RV; ++u)
-          for (int64_t j = 0; j < n; ++j) {
-            const int64_t o = u * rv_stride + (g * n + j) * 16;
-            const __m512 v = _mm512_loadu_ps(vals + o);
-            const __m512i ix = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + o)));
-            acc[u][q] = _mm512_fmadd_ps(v, pick(xg, ix), acc[u][q]);
-          }
+          for (int hh = 0; hh < H; ++hh)
+            for (int64_t j = 0; j < n; ++j) {
+              const int64_t o = u * rv_stride + (g * n + j) * 16 + hh * Isa::L;
+              acc[u][hh][q] = Isa::fma(Isa::load(vals + o), Isa::pick(xg, Isa::load_idx(idx + o)), acc[u][hh][q]);
+            }
       }
     }
   }
@@ -853,28 +844,26 @@ inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t r
 // Bias, residual, clamp, then store 16 (or fewer, for the last row vector) channels of `live`
 // consecutive positions starting at p0.
 template <int P>
-inline void chan_store(const ChanSink& sink, int64_t sample_out, int64_t p0, int live, int64_t rv, __m512 (&acc)[P]) {
-  const int64_t r0 = rv * 16;
-  if (r0 >= sink.rows) return;
-  const int64_t lanes = std::min<int64_t>(16, sink.rows - r0);
-  const __mmask16 mask = lanes == 16 ? __mmask16(0xFFFF) : __mmask16((1u << lanes) - 1);
-  const __m512 b = sink.bias ? _mm512_maskz_loadu_ps(mask, sink.bias + r0) : _mm512_setzero_ps();
-  const __m512 lo = _mm512_set1_ps(sink.clamp.lo), hi = _mm512_set1_ps(sink.clamp.hi);
-  for (int q = 0; q < live; ++q) {
-    const int64_t o = sample_out + (p0 + q) * sink.rows + r0;
-    __m512 y = _mm512_add_ps(acc[q], b);
-    if (sink.residual) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, sink.residual + o));
-    if (sink.clamp.on) {
-      // max/min with the NaN in the second operand propagate NaN like torch.clamp
-      y = _mm512_max_ps(lo, y);
-      y = _mm512_min_ps(hi, y);
+inline void chan_store(const ChanSink& sink, int64_t sample_out, int64_t p0, int live, int64_t rv, IV (&acc)[H][P]) {
+  const IV lo = Isa::set1(sink.clamp.lo), hi = Isa::set1(sink.clamp.hi);
+  for (int hh = 0; hh < H; ++hh) {
+    const int64_t r0 = rv * 16 + hh * Isa::L;
+    if (r0 >= sink.rows) return;
+    const int64_t lanes = std::min<int64_t>(Isa::L, sink.rows - r0);
+    const IV b = sink.bias ? Isa::load_lanes(sink.bias + r0, lanes) : Isa::zero();
+    for (int q = 0; q < live; ++q) {
+      const int64_t o = sample_out + (p0 + q) * sink.rows + r0;
+      IV y = Isa::add(acc[hh][q], b);
+      if (sink.residual) y = Isa::add(y, Isa::load_lanes(sink.residual + o, lanes));
+      if (sink.clamp.on) y = Isa::clamp(y, lo, hi);
+      Isa::store_lanes(sink.out + o, y, lanes);
     }
-    _mm512_mask_storeu_ps(sink.out + o, mask, y);
   }
 }
 
-template <int NN, bool WIDE, int RV, int P = 8, bool DENSE = false>
+template <int NN, bool WIDE, int RV, bool DENSE = false>
 void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink, int64_t samples, int64_t m) {
+  constexpr int P = Isa::P;
   constexpr int64_t kMaxSpan = 64;  // positions per work item, at most
   constexpr int64_t kFac = 4;       // aim for at least kFac work items per thread
   // below this many FMAs a second thread costs more (waking, a second look-up table) than it saves
@@ -886,7 +875,7 @@ void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink,
   // split positions first (each item builds its own tap look-up table), row vectors only when
   // positions alone give too few items
   int64_t span = (samples * q_count + kFac * threads - 1) / (kFac * threads);
-  span = std::min(kMaxSpan, std::max<int64_t>(P, (span + P - 1) / P * P));
+  span = std::min<int64_t>(kMaxSpan / P * P, std::max<int64_t>(P, (span + P - 1) / P * P));
   const int64_t spans = (q_count + span - 1) / span;
   const int64_t base_items = samples * spans;
   int64_t chunks = threads == 1 ? 1 : std::max<int64_t>(1, (kFac * threads + base_items - 1) / base_items);
@@ -895,7 +884,7 @@ void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink,
   chunks = (units + chunk_units - 1) / chunk_units;
   const int64_t items = base_items * chunks;
   const int64_t taps = src.taps();
-  const __mmask16 live_lanes = m >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1);
+  const Isa::G live_lanes = Isa::group_mask(m);
   parallel_items(items, [&](int64_t item) {
     std::vector<const float*> table_store(taps * P);
     const float** table = table_store.data();
@@ -909,18 +898,16 @@ void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink,
       src.tap_pointers<P>(x, p0, live, table);
       for (int64_t u = u_begin; u < u_end; ++u) {
         const int64_t rv = u * RV;
-        __m512 acc[RV][P];
+        IV acc[RV][H][P];
         for (int i = 0; i < RV; ++i)
-          for (int q = 0; q < P; ++q) acc[i][q] = _mm512_setzero_ps();
+          for (int hh = 0; hh < H; ++hh)
+            for (int q = 0; q < P; ++q) acc[i][hh][q] = Isa::zero();
         chan_tile<P, NN, WIDE, RV, DENSE>(table, w, rv, live_lanes, acc);
         for (int i = 0; i < RV; ++i) chan_store<P>(sink, sample_out, p0, live, rv + i, acc[i]);
       }
     }
   }, threads);
 }
-#else
-constexpr bool kHaveChannelKernel = false;
-#endif
 
 
 // ============================================================================ pooling (channels-last)
@@ -1094,18 +1081,41 @@ at::Tensor depthwise_conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& weigh
 
 bool channel_kernel_available() { return kHaveChannelKernel; }
 
+// The ISA this build's kernels were compiled for ("avx512", "avx2" or "default") and the largest
+// m of an N:M group its channel kernel picks from (its vector lanes).
+std::string isa_name() { return CRISP_ISA_NAME; }
+int64_t channel_max_m() { return Isa::L; }
+
 // [parallel jobs, items, items done by helpers, helper joins, late helper wake-ups] so far.
 std::vector<int64_t> pool_stats() {
   WorkPool& p = WorkPool::get();
   return {p.stat_jobs.load(), p.stat_items.load(), p.stat_helper_items.load(), p.stat_joins.load(), p.stat_late.load()};
 }
 
+// The channel kernel specialized for the weight's n (n = 1..3 and m = 4 load the group as 4 floats;
+// other m a masked load), RV row vectors per tile.
+template <int RV>
+void chan_dispatch(const ChanSource& src, const ChanWeights& wts, const ChanSink& sink, int64_t n_s, int64_t m, bool wide,
+                   const at::Tensor& idx) {
+  switch (wide ? 0 : wts.n) {
+    case 1: return chan_run<1, false, RV>(src, wts, sink, n_s, m);
+    case 2: return chan_run<2, false, RV>(src, wts, sink, n_s, m);
+    case 3: return chan_run<3, false, RV>(src, wts, sink, n_s, m);
+    case 4: {  // 4 of 4: a dense layer; the packing keeps entries in order, so entry j is input j
+      const uint8_t* ix = idx.data_ptr<uint8_t>();
+      bool in_order = true;
+      for (int64_t i = 0, e = idx.numel(); i < e && in_order; ++i) in_order = ix[i] == ((i / 16) % 4);
+      if (in_order) return chan_run<4, false, RV, true>(src, wts, sink, n_s, m);
+      return chan_run<4, false, 1>(src, wts, sink, n_s, m);
+    }
+    default: return chan_run<0, true, 1>(src, wts, sink, n_s, m);
+  }
+}
+
 at::Tensor conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& vals, const at::Tensor& idx, const at::Tensor& gtap,
                        const at::Tensor& gcin, int64_t rows, int64_t n, int64_t m, const std::optional<at::Tensor>& bias,
                        const std::optional<at::Tensor>& residual, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
                        c10::IntArrayRef padding, c10::IntArrayRef dilation, double clamp_min, double clamp_max) {
-  TORCH_CHECK(kHaveChannelKernel, "crisp: this build has no channel-vector kernel (needs AVX-512)");
-#if defined(__AVX512F__)
   TORCH_CHECK(x_in.dim() == 4, "crisp: conv input must be [N, C, H, W], got ", x_in.dim(), " dims");
   TORCH_CHECK(x_in.scalar_type() == at::kFloat, "crisp: the cpu kernels run float32, got ", x_in.scalar_type());
   TORCH_CHECK(vals.scalar_type() == at::kFloat && vals.dim() == 4 && vals.size(3) == 16 && vals.is_contiguous(),
@@ -1115,7 +1125,8 @@ at::Tensor conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& vals, const at:
   TORCH_CHECK(gtap.scalar_type() == at::kInt && gtap.dim() == 2 && gtap.is_contiguous() && gcin.sizes() == gtap.sizes() &&
                   gcin.scalar_type() == at::kInt && gcin.is_contiguous(),
               "crisp: gtap and gcin must be contiguous int32 [block rows, groups] tensors");
-  TORCH_CHECK(vals.size(2) == n && n >= 1 && m >= n && m <= 16, "crisp: unsupported n:m for the channel kernel");
+  TORCH_CHECK(vals.size(2) == n && n >= 1 && m >= n && m <= Isa::L, "crisp: unsupported n:m for the channel kernel of the ",
+              CRISP_ISA_NAME, " path (m must be at most ", Isa::L, ")");
   const int64_t n_s = x_in.size(0), c = x_in.size(1), h = x_in.size(2), w = x_in.size(3);
   TORCH_CHECK(c % m == 0, "crisp: the channel kernel needs input channels divisible by m");
   const ConvGeometry geo(kernel_size, stride, padding, dilation);
@@ -1159,34 +1170,26 @@ at::Tensor conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& vals, const at:
     sink.clamp.lo = -std::numeric_limits<float>::infinity();
     sink.clamp.hi = std::numeric_limits<float>::infinity();
   }
-  const bool pairs = rvs_per_br % 2 == 0;
-  switch (wide ? 0 : n) {
-    case 1: pairs ? chan_run<1, false, 2>(src, wts, sink, n_s, m) : chan_run<1, false, 1>(src, wts, sink, n_s, m); break;
-    case 2: pairs ? chan_run<2, false, 2>(src, wts, sink, n_s, m) : chan_run<2, false, 1>(src, wts, sink, n_s, m); break;
-    case 3: pairs ? chan_run<3, false, 2>(src, wts, sink, n_s, m) : chan_run<3, false, 1>(src, wts, sink, n_s, m); break;
-    case 4: {  // 4 of 4: a dense layer; the packing keeps entries in order, so entry j is input j
-      const uint8_t* ix = idx.data_ptr<uint8_t>();
-      bool in_order = true;
-      for (int64_t i = 0, e = idx.numel(); i < e && in_order; ++i) in_order = ix[i] == ((i / 16) % 4);
-      if (in_order) {
-        pairs ? chan_run<4, false, 2, 8, true>(src, wts, sink, n_s, m) : chan_run<4, false, 1, 8, true>(src, wts, sink, n_s, m);
-      } else {
-        chan_run<4, false, 1>(src, wts, sink, n_s, m);
-      }
-      break;
+  if constexpr (Isa::RV == 2) {
+    if (rvs_per_br % 2 == 0) {
+      chan_dispatch<2>(src, wts, sink, n_s, m, wide, idx);
+      return out;
     }
-    default: chan_run<0, true, 1>(src, wts, sink, n_s, m); break;
   }
+  chan_dispatch<1>(src, wts, sink, n_s, m, wide, idx);
   return out;
-#else
-  return at::Tensor();
-#endif
 }
 
 }  // namespace
 }  // namespace crisp_cpu
 
-TORCH_LIBRARY_FRAGMENT(crisp, m) {
+// The op namespace is per ISA build (crisp_avx512, crisp_avx2, crisp_default), so that every
+// build can be loaded into one process and each compiled graph calls the build it was made for.
+#ifndef CRISP_NS
+#define CRISP_NS crisp_default
+#endif
+
+TORCH_LIBRARY_FRAGMENT(CRISP_NS, m) {
   m.def(
       "hybrid_sparse_conv2d_fast(Tensor x, Tensor row_ptr, Tensor cols, Tensor vals, int in_features, Tensor? bias, Tensor? residual, "
       "int[] kernel_size, int[] stride, int[] padding, int[] dilation, float clamp_min, float clamp_max, "
@@ -1196,6 +1199,8 @@ TORCH_LIBRARY_FRAGMENT(crisp, m) {
       "Tensor? bias, Tensor? residual, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
       "float clamp_min, float clamp_max) -> Tensor");
   m.def("channel_kernel_available() -> bool");
+  m.def("isa_name() -> str");
+  m.def("channel_max_m() -> int");
   m.def("pool_stats() -> int[]");
   m.def("max_pool2d_nhwc(Tensor x, int[] kernel_size, int[] stride, int[] padding) -> Tensor");
   m.def("global_avg_pool_nhwc(Tensor x) -> Tensor");
@@ -1207,7 +1212,7 @@ TORCH_LIBRARY_FRAGMENT(crisp, m) {
       "float clamp_min, float clamp_max) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(crisp, CPU, m) {
+TORCH_LIBRARY_IMPL(CRISP_NS, CPU, m) {
   m.impl("hybrid_sparse_conv2d_fast", &crisp_cpu::conv2d_fast);
   m.impl("hybrid_sparse_linear_fast", &crisp_cpu::linear_fast);
   m.impl("hybrid_sparse_conv2d_nhwc", &crisp_cpu::conv2d_nhwc);
@@ -1216,7 +1221,9 @@ TORCH_LIBRARY_IMPL(crisp, CPU, m) {
   m.impl("depthwise_conv2d_nhwc", &crisp_cpu::depthwise_conv2d_nhwc);
 }
 
-TORCH_LIBRARY_IMPL(crisp, CompositeExplicitAutograd, m) {
+TORCH_LIBRARY_IMPL(CRISP_NS, CompositeExplicitAutograd, m) {
   m.impl("channel_kernel_available", &crisp_cpu::channel_kernel_available);
+  m.impl("isa_name", &crisp_cpu::isa_name);
+  m.impl("channel_max_m", &crisp_cpu::channel_max_m);
   m.impl("pool_stats", &crisp_cpu::pool_stats);
 }

@@ -8,14 +8,17 @@ import torch
 
 import crisp
 from crisp import models
+from crisp.backends.cpu import cpu_pipeline
+from crisp.runtime import cpu_capability as isa
 from crisp.runtime import fast_kernel
 from conftest import max_relative_error
 
 pytestmark = pytest.mark.skipif(not fast_kernel.available(), reason=f"fast kernels unavailable: {fast_kernel.unavailable_reason()}")
 
 GEMM = torch.ops.crisp.hybrid_sparse_gemm.default
-FAST = (torch.ops.crisp.hybrid_sparse_conv2d_fast.default, torch.ops.crisp.hybrid_sparse_conv2d_nhwc.default,
-        torch.ops.crisp.hybrid_sparse_linear_fast.default)
+PATHS = [c for c in isa.CAPABILITIES if c in isa.supported() and fast_kernel.available(c)]
+FAST = tuple(fast_kernel.op(name, path) for path in PATHS
+             for name in ("hybrid_sparse_conv2d_fast", "hybrid_sparse_conv2d_nhwc", "hybrid_sparse_linear_fast"))
 
 
 def targets(gm: torch.fx.GraphModule) -> list:
@@ -55,22 +58,38 @@ def test_packed_weights_are_smaller_than_dense():
     assert 0 < compiled.artifacts["packed_weight_bytes"] < dense_bytes
 
 
-@pytest.mark.parametrize(
-    "name,kwargs,fusions",
-    [
-        ("resnet50", {}, ("conv+bias+relu", "conv+bias+residual+relu", "linear+bias")),
-        ("mobilenet_v2", {}, ("conv+bias+relu6", "conv+bias+residual", "linear+bias")),  # + folded depthwise BNs
-        ("vgg16", {"exclude": ("classifier",)}, ("conv+bias+relu",)),
-    ],
-)
-def test_whole_model_equals_masked_dense(name, kwargs, fusions):
-    torch.manual_seed(0)
-    model = models.build(name)
-    x = torch.randn(2, 3, 32, 32)
-    compiled = crisp.compile(model, (x,), target="cpu", pattern="2:4", block=32, sparsity=0.9, verify=False, **kwargs)
-    assert compiled.artifacts["cpu_kernels"] == "fast"
+MODELS = {
+    "resnet50": ({}, ("conv+bias+relu", "conv+bias+residual+relu", "linear+bias")),
+    "mobilenet_v2": ({}, ("conv+bias+relu6", "conv+bias+residual", "linear+bias")),  # + folded depthwise BNs
+    "vgg16": ({"exclude": ("classifier",)}, ("conv+bias+relu",)),
+}
+
+
+@pytest.fixture(scope="module")
+def compiled_models():
+    """Each model pruned and compiled once (on the best path); the tests lower it again per path."""
+    done = {}
+    for name, (kwargs, _) in MODELS.items():
+        torch.manual_seed(0)
+        model = models.build(name)
+        x = torch.randn(2, 3, 32, 32)
+        done[name] = (model, x, crisp.compile(model, (x,), target="cpu", pattern="2:4", block=32, sparsity=0.9,
+                                              verify=False, **kwargs))
+    return done
+
+
+def on_path(compiled, path: str) -> torch.fx.GraphModule:
+    """The cpu pipeline run again on the compiled model's lowered graph with ``path`` forced."""
+    with isa.forced(path):
+        return cpu_pipeline()(compiled.graph_module).graph_module
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_whole_model_equals_masked_dense(name, compiled_models):
+    model, x, compiled = compiled_models[name]
+    assert compiled.artifacts["cpu_kernels"] == "fast" and compiled.artifacts["cpu_isa"] == fast_kernel.cpu_capability()
     kinds = {description.split(" [")[0] for description in compiled.artifacts["fused"].values()}
-    for fusion in fusions:
+    for fusion in MODELS[name][1]:
         assert fusion in kinds, (fusion, kinds)
     if name == "mobilenet_v2":  # its depthwise convs stay dense; their BatchNorms are folded
         assert len(compiled.artifacts["folded_batchnorms"]) >= 17  # one per inverted-residual block
@@ -83,6 +102,60 @@ def test_whole_model_equals_masked_dense(name, kwargs, fusions):
         want = crisp.apply_masks(model, compiled.masks)(x)
         got = compiled(x)
     assert max_relative_error(got, want) <= 1e-4
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", MODELS)
+def test_whole_model_equals_masked_dense_on_every_path(name, path, compiled_models):
+    """ResNet-50, MobileNetV2 and VGG-16 lowered for each ISA path call only that path's ops and
+    equal the masked dense model."""
+    model, x, compiled = compiled_models[name]
+    gm = on_path(compiled, path)
+    namespaces = {str(t.namespace) for t in targets(gm) if hasattr(t, "namespace")}
+    assert f"crisp_{path}" in namespaces and not namespaces & {f"crisp_{c}" for c in isa.CAPABILITIES if c != path}
+    with torch.no_grad():
+        want = crisp.apply_masks(model, compiled.masks)(x)
+        assert max_relative_error(gm(x), want) <= 1e-4
+
+
+class GroupedDepthwiseNet(torch.nn.Module):
+    """A torchvision-style net (ResNeXt / MobileNet blocks): grouped and depthwise convs stay dense
+    beside the pruned pointwise and full convs, BatchNorms everywhere."""
+
+    def __init__(self):
+        super().__init__()
+        bn = torch.nn.BatchNorm2d
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, 2, 1, bias=False), bn(32), torch.nn.ReLU())
+        self.reduce = torch.nn.Sequential(torch.nn.Conv2d(32, 64, 1, bias=False), bn(64), torch.nn.ReLU())
+        self.grouped = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, 1, 1, groups=8, bias=False), bn(64), torch.nn.ReLU())
+        self.expand = torch.nn.Sequential(torch.nn.Conv2d(64, 32, 1, bias=False), bn(32))
+        self.depthwise = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, 2, 1, groups=32, bias=False), bn(32), torch.nn.ReLU6())
+        self.full = torch.nn.Sequential(torch.nn.Conv2d(32, 64, 3, 1, 1), bn(64), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = torch.relu(self.expand(self.grouped(self.reduce(y))) + y)
+        y = self.full(self.depthwise(y))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_grouped_and_depthwise_model_equals_masked_dense(path):
+    torch.manual_seed(0)
+    model = GroupedDepthwiseNet().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial statistics, so folding is checked
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, 3, 20, 20)
+    with isa.forced(path):
+        compiled = crisp.compile(model, (x,), target="cpu", pattern="2:4", block=16, sparsity=0.8, verify=False)
+    assert compiled.artifacts["cpu_isa"] == path
+    assert {"reduce.0", "expand.0", "full.0", "fc"} <= set(compiled.artifacts["fused"])
+    with torch.no_grad():
+        assert max_relative_error(compiled(x), crisp.apply_masks(model, compiled.masks)(x)) <= 1e-4
 
 
 class FusionZoo(torch.nn.Module):

@@ -1,18 +1,20 @@
-"""The fast CPU kernels equal the reference kernel (property tests over shapes, patterns, blocks,
-conv geometry, batch sizes, fused epilogues and non-contiguous inputs)."""
+"""The fast CPU kernels equal the reference kernel on every ISA path this CPU runs (avx512, avx2,
+the portable one always; property tests over paths, shapes, patterns, blocks, conv geometry, batch
+sizes, fused epilogues and non-contiguous inputs)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from crisp.errors import FormatError
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 from crisp.sparsity.gemm_view import gemm_to_weight
 from crisp.sparsity.pattern import Pattern
+from crisp.runtime import cpu_capability as isa
 from crisp.runtime import fast_kernel
 from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
 from crisp.runtime.reference_kernel import reference_hybrid_sparse_gemm
@@ -20,8 +22,19 @@ from conftest import max_relative_error, random_hybrid_mask
 
 pytestmark = pytest.mark.skipif(not fast_kernel.available(), reason=f"fast kernels unavailable: {fast_kernel.unavailable_reason()}")
 
-PATTERNS = st.sampled_from([(1, 4), (2, 4), (3, 4)])
+PATTERNS = st.sampled_from([(1, 4), (2, 4), (3, 4), (4, 4)])
 BLOCKS = st.sampled_from([16, 32, 64])
+PATHS_HERE = [c for c in isa.CAPABILITIES if c in isa.supported() and fast_kernel.available(c)]
+PATHS = st.sampled_from(PATHS_HERE)
+
+
+@pytest.mark.parametrize("path", isa.CAPABILITIES)
+def test_every_path_the_cpu_runs_builds_and_reports_its_isa(path):
+    if path not in isa.supported():
+        pytest.skip(f"this CPU ({isa.cpu_model()}) lacks {path}: {fast_kernel.unavailable_reason(path)}")
+    assert fast_kernel.available(path), fast_kernel.unavailable_reason(path)
+    assert fast_kernel.ops(path).isa_name() == path
+    assert fast_kernel.channel_max_m(path) == (16 if path == "avx512" else 8)
 
 
 def reference_conv(x, hst, bias, kernel, stride, padding, dilation):
@@ -44,10 +57,10 @@ def reference_conv(x, hst, bias, kernel, stride, padding, dilation):
     batch=st.integers(1, 3), hw=st.tuples(st.integers(1, 23), st.integers(1, 23)), bias=st.booleans(),
     act=st.sampled_from(["none", "relu", "relu6"]), residual=st.booleans(),
     layout=st.sampled_from(["contiguous", "channels_last", "sliced"]),
-    seed=st.integers(0, 10_000),
+    seed=st.integers(0, 10_000), path=PATHS,
 )
 def test_conv_equals_reference(nm, block, cin, cout, kh, kw, stride, padding, dilation, batch, hw, bias, act,
-                               residual, layout, seed):
+                               residual, layout, seed, path):
     p = Pattern(nm[0], nm[1], block)
     h, w = hw[0] + dilation[0] * (kh - 1), hw[1] + dilation[1] * (kw - 1)  # at least one output position
     gen = torch.Generator().manual_seed(seed)
@@ -69,7 +82,8 @@ def test_conv_equals_reference(nm, block, cin, cout, kh, kw, stride, padding, di
     activation = {"none": lambda t: t, "relu": torch.relu, "relu6": F.relu6}[act]
     want = activation(want)
     got = fast_kernel.conv2d(x, packed, b, (kh, kw), stride, padding, dilation, relu=act != "none",
-                             clamp_max=6.0 if act == "relu6" else None, residual=res, channels_last=layout == "channels_last")
+                             clamp_max=6.0 if act == "relu6" else None, residual=res, channels_last=layout == "channels_last",
+                             capability=path)
     assert got.shape == want.shape
     assert got.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
     assert max_relative_error(got, want) <= 1e-5
@@ -78,8 +92,7 @@ def test_conv_equals_reference(nm, block, cin, cout, kh, kw, stride, padding, di
     assert max_relative_error(got, activation(dense)) <= 1e-4
 
 
-@pytest.mark.skipif(not fast_kernel.channel_kernel_available(), reason="no channel-vector kernel (needs AVX-512)")
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     nm=st.sampled_from([(1, 4), (2, 4), (3, 4), (4, 4), (2, 8), (1, 2), (4, 16)]), block=BLOCKS, groups=st.integers(1, 10),
     cout=st.integers(1, 70), kh=st.sampled_from([1, 3]), kw=st.sampled_from([1, 2, 3]),
@@ -87,18 +100,20 @@ def test_conv_equals_reference(nm, block, cin, cout, kh, kw, stride, padding, di
     dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), batch=st.integers(1, 3),
     hw=st.tuples(st.integers(1, 17), st.integers(1, 17)), bias=st.booleans(), act=st.sampled_from(["none", "relu", "relu6"]),
     residual=st.booleans(), layout=st.sampled_from(["contiguous", "channels_last", "sliced"]), seed=st.integers(0, 10_000),
+    path=PATHS,
 )
 def test_channel_kernel_equals_reference(nm, block, groups, cout, kh, kw, stride, padding, dilation, batch, hw, bias, act,
-                                         residual, layout, seed):
+                                         residual, layout, seed, path):
     """The channel-vector (NHWC) kernel, for convs whose N:M groups are runs of input channels."""
     p = Pattern(nm[0], nm[1], block)
+    assume(p.m <= fast_kernel.channel_max_m(path))
     cin = groups * p.m
     h, w = hw[0] + dilation[0] * (kh - 1), hw[1] + dilation[1] * (kw - 1)
     gen = torch.Generator().manual_seed(seed)
     weight = torch.randn(cout, cin, kh, kw, generator=gen)
     mask = gemm_to_weight(random_hybrid_mask(cout, kh * kw * cin, p, gen), weight.shape)
     hst = HybridSparseTensor.from_dense(weight, mask, p)
-    assert ChannelPackedWeight.supports(hst, cin)
+    assert ChannelPackedWeight.supports(hst, cin, fast_kernel.channel_max_m(path))
     packed = ChannelPackedWeight.from_compact(hst, cin)
     b = torch.randn(cout, generator=gen) if bias else None
     if layout == "sliced":
@@ -112,7 +127,7 @@ def test_channel_kernel_equals_reference(nm, block, groups, cout, kh, kw, stride
     activation = {"none": lambda t: t, "relu": torch.relu, "relu6": F.relu6}[act]
     want = activation(want if res is None else want + res)
     got = fast_kernel.conv2d(x, packed, b, (kh, kw), stride, padding, dilation, relu=act != "none",
-                             clamp_max=6.0 if act == "relu6" else None, residual=res)
+                             clamp_max=6.0 if act == "relu6" else None, residual=res, capability=path)
     assert got.shape == want.shape
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert max_relative_error(got, want) <= 1e-5
@@ -122,9 +137,9 @@ def test_channel_kernel_equals_reference(nm, block, groups, cout, kh, kw, stride
 @given(
     nm=PATTERNS, block=BLOCKS, rows=st.integers(1, 70), k=st.integers(1, 150),
     lead=st.lists(st.integers(1, 9), min_size=1, max_size=3), bias=st.booleans(), act=st.sampled_from(["none", "relu", "relu6"]),
-    transposed=st.booleans(), seed=st.integers(0, 10_000),
+    transposed=st.booleans(), seed=st.integers(0, 10_000), path=PATHS,
 )
-def test_linear_equals_reference(nm, block, rows, k, lead, bias, act, transposed, seed):
+def test_linear_equals_reference(nm, block, rows, k, lead, bias, act, transposed, seed, path):
     p = Pattern(nm[0], nm[1], block)
     gen = torch.Generator().manual_seed(seed)
     weight = torch.randn(rows, k, generator=gen)
@@ -133,13 +148,14 @@ def test_linear_equals_reference(nm, block, rows, k, lead, bias, act, transposed
     b = torch.randn(rows, generator=gen) if bias else None
     x = torch.randn(*lead[:-1], k, lead[-1], generator=gen).transpose(-1, -2) if transposed else torch.randn(*lead, k, generator=gen)
     want = {"none": lambda t: t, "relu": torch.relu, "relu6": F.relu6}[act](reference_hybrid_sparse_gemm(x, hst, b))
-    got = fast_kernel.linear(x, packed, b, relu=act != "none", clamp_max=6.0 if act == "relu6" else None)
+    got = fast_kernel.linear(x, packed, b, relu=act != "none", clamp_max=6.0 if act == "relu6" else None, capability=path)
     assert got.shape == (*x.shape[:-1], rows)
     assert max_relative_error(got, want) <= 1e-5
 
 
+@pytest.mark.parametrize("path", PATHS_HERE)
 @pytest.mark.parametrize("batch,hw,cin,cout", [(1, 56, 64, 64), (8, 7, 512, 96), (2, 14, 256, 128)])
-def test_resnet_sized_layers(batch, hw, cin, cout):
+def test_resnet_sized_layers(batch, hw, cin, cout, path):
     """Tiles, tile shifts and channel chunks at the sizes the models use (wide and tiny images)."""
     gen = torch.Generator().manual_seed(hw)
     p = Pattern(2, 4, 32)
@@ -147,25 +163,22 @@ def test_resnet_sized_layers(batch, hw, cin, cout):
         weight = torch.randn(cout, cin, *kernel, generator=gen)
         mask = gemm_to_weight(random_hybrid_mask(cout, cin * kernel[0] * kernel[1], p, gen), weight.shape)
         hst = HybridSparseTensor.from_dense(weight, mask, p)
-        packs = [PackedHybridWeight.from_compact(hst)]
-        if fast_kernel.channel_kernel_available():
-            packs.append(ChannelPackedWeight.from_compact(hst, cin))
+        packs = [PackedHybridWeight.from_compact(hst), ChannelPackedWeight.from_compact(hst, cin)]
         x = torch.randn(batch, cin, hw, hw, generator=gen)
         want = torch.relu(F.conv2d(x, weight * mask, None, stride, pad))
         for packed in packs:
-            got = fast_kernel.conv2d(x, packed, None, kernel, stride, pad, 1, relu=True)
+            got = fast_kernel.conv2d(x, packed, None, kernel, stride, pad, 1, relu=True, capability=path)
             assert max_relative_error(got, want) <= 1e-5, (kernel, stride, type(packed).__name__)
 
 
-def test_threads_do_not_change_results():
+@pytest.mark.parametrize("path", PATHS_HERE)
+def test_threads_do_not_change_results(path):
     gen = torch.Generator().manual_seed(1)
     p = Pattern(2, 4, 16)
     weight = torch.randn(48, 32, 3, 3, generator=gen)
     mask = gemm_to_weight(random_hybrid_mask(48, 288, p, gen), weight.shape)
     hst = HybridSparseTensor.from_dense(weight, mask, p)
-    packs = [PackedHybridWeight.from_compact(hst)]
-    if fast_kernel.channel_kernel_available():
-        packs.append(ChannelPackedWeight.from_compact(hst, 32))
+    packs = [PackedHybridWeight.from_compact(hst), ChannelPackedWeight.from_compact(hst, 32)]
     x = torch.randn(3, 32, 20, 20, generator=gen)
     before = torch.get_num_threads()
     try:
@@ -173,7 +186,7 @@ def test_threads_do_not_change_results():
             outs = []
             for threads in (1, 2):
                 torch.set_num_threads(threads)
-                outs.append(fast_kernel.conv2d(x, packed, None, 3, 1, 1, 1))
+                outs.append(fast_kernel.conv2d(x, packed, None, 3, 1, 1, 1, capability=path))
             assert torch.equal(outs[0], outs[1])  # every output is computed by one thread in a fixed order
     finally:
         torch.set_num_threads(before)
@@ -225,9 +238,9 @@ def test_fake_kernels_give_output_shapes():
     batch=st.integers(1, 3), channels=st.integers(1, 70), h=st.integers(1, 13), w=st.integers(1, 13),
     kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
     pad=st.tuples(st.integers(0, 2), st.integers(0, 2)), channels_last=st.booleans(), nan=st.booleans(),
-    seed=st.integers(0, 10_000),
+    seed=st.integers(0, 10_000), path=PATHS,
 )
-def test_max_pool_equals_torch(batch, channels, h, w, kernel, stride, pad, channels_last, nan, seed):
+def test_max_pool_equals_torch(batch, channels, h, w, kernel, stride, pad, channels_last, nan, seed, path):
     """crisp's channels-last max pool equals F.max_pool2d, NaN included, in either input layout."""
     pad = tuple(min(p, k // 2) for p, k in zip(pad, kernel))
     if any(s + 2 * p < k for s, p, k in zip((h, w), pad, kernel)):
@@ -237,7 +250,7 @@ def test_max_pool_equals_torch(batch, channels, h, w, kernel, stride, pad, chann
         x[0, channels // 2, h // 2, w // 2] = float("nan")
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    got = fast_kernel.max_pool2d(x, kernel, stride, pad)
+    got = fast_kernel.max_pool2d(x, kernel, stride, pad, capability=path)
     want = F.max_pool2d(x, kernel, stride, pad)
     assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got.isnan(), want.isnan())
@@ -246,12 +259,12 @@ def test_max_pool_equals_torch(batch, channels, h, w, kernel, stride, pad, chann
 
 @settings(max_examples=40, deadline=None)
 @given(batch=st.integers(1, 3), channels=st.integers(1, 600), h=st.integers(1, 9), w=st.integers(1, 9),
-       channels_last=st.booleans(), seed=st.integers(0, 10_000))
-def test_global_avg_pool_equals_torch(batch, channels, h, w, channels_last, seed):
+       channels_last=st.booleans(), seed=st.integers(0, 10_000), path=PATHS)
+def test_global_avg_pool_equals_torch(batch, channels, h, w, channels_last, seed, path):
     x = torch.randn(batch, channels, h, w, generator=torch.Generator().manual_seed(seed))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    got = fast_kernel.global_avg_pool(x)
+    got = fast_kernel.global_avg_pool(x, capability=path)
     assert got.shape == (batch, channels, 1, 1)
     assert max_relative_error(got, F.adaptive_avg_pool2d(x, 1)) < 1e-5
 
@@ -262,9 +275,10 @@ def test_global_avg_pool_equals_torch(batch, channels, h, w, channels_last, seed
     kernel=st.tuples(st.integers(1, 5), st.integers(1, 5)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
     pad=st.tuples(st.integers(0, 3), st.integers(0, 3)), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
     bias=st.booleans(), act=st.sampled_from(["none", "relu", "relu6"]), channels_last=st.booleans(),
-    seed=st.integers(0, 10_000),
+    seed=st.integers(0, 10_000), path=PATHS,
 )
-def test_depthwise_conv_equals_torch(batch, channels, h, w, kernel, stride, pad, dilation, bias, act, channels_last, seed):
+def test_depthwise_conv_equals_torch(batch, channels, h, w, kernel, stride, pad, dilation, bias, act, channels_last, seed,
+                                     path):
     """crisp's depthwise kernel equals F.conv2d(groups=C) with the fused clamp, padding and dilation included."""
     if any(s + 2 * p - d * (k - 1) - 1 < 0 for s, p, d, k in zip((h, w), pad, dilation, kernel)):
         return  # empty output
@@ -278,14 +292,14 @@ def test_depthwise_conv_equals_torch(batch, channels, h, w, kernel, stride, pad,
     if act != "none":
         want = want.clamp(0, 6 if act == "relu6" else None)
     got = fast_kernel.depthwise_conv2d(x, weight, b, stride, pad, dilation, relu=act != "none",
-                                       clamp_max=6.0 if act == "relu6" else None)
+                                       clamp_max=6.0 if act == "relu6" else None, capability=path)
     assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
     assert max_relative_error(got, want) < 1e-5
 
 
-@pytest.mark.skipif(not fast_kernel.channel_kernel_available(), reason="no channel-vector kernel (needs AVX-512)")
+@pytest.mark.parametrize("path", PATHS_HERE)
 @pytest.mark.parametrize("block", [16, 32])
-def test_channel_kernel_on_a_fully_kept_weight_equals_conv2d(block):
+def test_channel_kernel_on_a_fully_kept_weight_equals_conv2d(block, path):
     """Dense convs run on the channel kernel as 4:4 weights (the broadcast path, no permutes)."""
     gen = torch.Generator().manual_seed(block)
     weight = torch.randn(40, 32, 3, 3, generator=gen)
@@ -294,5 +308,5 @@ def test_channel_kernel_on_a_fully_kept_weight_equals_conv2d(block):
     assert bool((packed.idx == torch.arange(4, dtype=torch.uint8).view(1, 1, 4, 1)).all())  # entries in order
     x = torch.randn(2, 32, 11, 9, generator=gen).contiguous(memory_format=torch.channels_last)
     bias = torch.randn(40, generator=gen)
-    got = fast_kernel.conv2d(x, packed, bias, 3, 2, 1, 1, relu=True)
+    got = fast_kernel.conv2d(x, packed, bias, 3, 2, 1, 1, relu=True, capability=path)
     assert max_relative_error(got, torch.relu(F.conv2d(x, weight, bias, 2, 1))) < 1e-5

@@ -36,7 +36,7 @@ def masked_dense_error(model, compiled, x, y) -> float:
 
 
 def test_failed_self_check_falls_back_with_one_warning(fresh_verdict, monkeypatch):
-    def wrong_results():
+    def wrong_results(capability):
         raise RuntimeError("conv self-check failed (stride 1, padding 1, dilation 1)")
 
     monkeypatch.setattr(fast_kernel, "_self_check", wrong_results)
@@ -45,8 +45,45 @@ def test_failed_self_check_falls_back_with_one_warning(fresh_verdict, monkeypatc
         assert fast_kernel.available() is False
         assert fast_kernel.available() is False
     found = _unavailable_warnings(record)
-    assert len(found) == 1
+    assert len(found) == 1  # one warning although every ISA path failed its check
     assert "self-check failed" in str(found[0].message) and "reference kernel" in str(found[0].message)
+
+
+def test_a_failed_path_gives_way_to_the_next(fresh_verdict, monkeypatch):
+    """When the best path's build fails its check, the next path the CPU runs takes over, silently."""
+    from crisp.runtime import cpu_capability as isa
+
+    paths = isa.supported()
+    if len(paths) < 2:
+        pytest.skip(f"this CPU runs only {paths}")
+    real = fast_kernel._self_check
+
+    def best_fails(capability):
+        if capability == paths[0]:
+            raise RuntimeError("conv self-check failed")
+        real(capability)
+
+    monkeypatch.setattr(fast_kernel, "_self_check", best_fails)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert fast_kernel.available() is True
+    assert not _unavailable_warnings(record)
+    assert fast_kernel.cpu_capability() == paths[1]
+    assert "self-check failed" in fast_kernel.unavailable_reason(paths[0])
+
+
+def test_forcing_a_path_the_cpu_lacks_warns_and_uses_the_best(monkeypatch):
+    from crisp.runtime import cpu_capability as isa
+
+    monkeypatch.setattr(isa, "_warned", set())
+    missing = [c for c in isa.CAPABILITIES if c not in isa.supported()]
+    forced = missing[0] if missing else "sse9"  # an unknown name is refused the same way
+    monkeypatch.setenv(isa.CAPABILITY_ENV, forced)
+    with pytest.warns(isa.CpuCapabilityWarning, match=f"{isa.CAPABILITY_ENV}.*{forced}"):
+        assert isa.active() == isa.supported()[0]
+    for path in isa.supported():
+        monkeypatch.setenv(isa.CAPABILITY_ENV, path)
+        assert isa.active() == path
 
 
 def test_disable_variable_forces_the_reference_backend(fresh_verdict, monkeypatch):
