@@ -92,7 +92,7 @@ def with_masks(source: onnx.ModelProto, result) -> onnx.ModelProto:
     return model
 
 
-def conform(source: onnx.ModelProto, block: int = 16, sparsity: float = 0.8, atol: float = 1e-4) -> None:
+def conform(source: onnx.ModelProto, block: int = 16, sparsity: float = 0.8, atol: float = 1e-4) -> dict:
     before = source.SerializeToString()
     out = {fmt: optimize_onnx_with_report(source, format=fmt, block=block, sparsity=sparsity) for fmt in ("compact", "dense")}
     assert source.SerializeToString() == before
@@ -110,6 +110,7 @@ def conform(source: onnx.ModelProto, block: int = 16, sparsity: float = 0.8, ato
     assert not np.allclose(got["dense"][0].astype(np.float32), run(source, feeds)[0].astype(np.float32), rtol=1e-3)
     dims = [d.dim_param for d in out["compact"].model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [d.dim_param for d in source.graph.input[0].type.tensor_type.shape.dim]  # symbolic dims stay
+    return out
 
 
 @pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.skipif(
@@ -118,7 +119,10 @@ def conform(source: onnx.ModelProto, block: int = 16, sparsity: float = 0.8, ato
 def test_exported_models(name, dynamo):
     model = export(name, dynamo)
     assert bool(model.graph.value_info) == dynamo  # the dynamo exporter describes weights and activations
-    conform(model, sparsity=0.9 if name == "resnet18" else 0.8)
+    out = conform(model, sparsity=0.9 if name == "resnet18" else 0.8)
+    metadata = sum(len(p.key) + len(p.value) + 8 for p in out["dense"].model.metadata_props)  # crisp.* entries
+    assert out["dense"].model.ByteSize() <= model.ByteSize() + metadata  # zeros in place, nothing dead left
+    assert out["compact"].model.ByteSize() < 0.5 * model.ByteSize()
 
 
 @pytest.mark.parametrize("opset", [7, 9])
