@@ -19,6 +19,7 @@ from crisp.passes import (
     PropagateShapes, SelectHybridMasks, VerifyAgainstMaskedDense, named_pipeline,
 )
 from crisp.sparsity.pattern import Pattern
+from crisp.sparsity.selection import DEFAULT_ALLOCATION
 
 __all__ = ["PIPELINES", "Pipeline", "cpu_pipeline", "default_pipeline"]
 
@@ -34,13 +35,14 @@ def default_pipeline(
     exclude: Sequence[str] = (),
     verify: bool = True,
     progress: bool = False,
+    allocation: str = DEFAULT_ALLOCATION,
 ) -> Pipeline:
     """The default pipeline; ``original`` is the (eval-mode) model that verification compares with."""
     passes = [
         PropagateShapes(example_inputs),
         FindPrunableLayers(pattern, tuple(exclude)),
         ComputeSaliency(saliency),
-        SelectHybridMasks(pattern, sparsity),
+        SelectHybridMasks(pattern, sparsity, allocation),
         FoldBatchNorm(),
         LowerToHybridSparseGemm(),
     ]

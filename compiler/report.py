@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 from crisp.fileio import atomic_write_text
 from crisp.ir.layer_info import LayerInfo
+from crisp.sparsity.selection import density_distribution, density_line
 from crisp.tables import table
 
 
@@ -74,6 +75,7 @@ class Report:
     achieved_sparsity: float | None
     pattern: str
     relative_error: float | None = None
+    allocation: str | None = None
 
     @classmethod
     def from_layers(cls, layers: list[LayerInfo], sparsity: dict | None, relative_error: float | None = None) -> "Report":
@@ -84,6 +86,7 @@ class Report:
             achieved_sparsity=sparsity["achieved"] if sparsity else None,
             pattern=f"{p.n}:{p.m} in {p.block}x{p.block} blocks" if p else "none",
             relative_error=relative_error,
+            allocation=sparsity.get("allocation") if sparsity else None,
         )
 
     # ------------------------------------------------------------------ totals
@@ -104,9 +107,15 @@ class Report:
             "macs_kept": sum(r.macs_kept for r in self.rows),
         }
 
+    def density_distribution(self) -> dict:
+        """Min / median / max density of the pruned layers and the layers kept at 1 block per row."""
+        return density_distribution({r.name: (r.density, r.kept_blocks_per_row) for r in self.rows if r.pruned})
+
     def to_dict(self) -> dict:
         return {
             "pattern": self.pattern,
+            "allocation": self.allocation,
+            "density_distribution": self.density_distribution(),
             "target_sparsity": self.target_sparsity,
             "achieved_sparsity": self.achieved_sparsity,
             "relative_error_vs_masked_dense": self.relative_error,
@@ -138,7 +147,9 @@ class Report:
             f"pattern: {self.pattern}; layers pruned: {t['layers_pruned']} of {t['layers']}",
         ]
         if self.target_sparsity is not None:
-            lines.append(f"sparsity over pruned layers: target {self.target_sparsity:.3f}, achieved {self.achieved_sparsity:.3f}")
+            alloc = f" (allocation {self.allocation})" if self.allocation else ""
+            lines.append(f"sparsity over pruned layers: target {self.target_sparsity:.3f}, achieved {self.achieved_sparsity:.3f}{alloc}")
+            lines.append(density_line(self.density_distribution()))
         lines += [
             f"weights kept: {pk:,} of {pw:,} in pruned layers ({pk / max(1, pw):.1%}); "
             f"{t['weights_kept']:,} of {t['weights']:,} in all conv/linear layers ({t['weights_kept'] / max(1, t['weights']):.1%})",

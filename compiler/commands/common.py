@@ -7,12 +7,19 @@ import argparse
 import torch
 
 from crisp.models.spec import SPEC_HELP, load_model, parse_shape
+from crisp.sparsity.selection import ALLOCATIONS, DEFAULT_ALLOCATION
 
 
 def add_pattern_args(parser: argparse.ArgumentParser, block: int = 32, sparsity: float = 0.9) -> None:
     parser.add_argument("--pattern", default="2:4", help="N:M pattern, e.g. 2:4 (default 2:4)")
     parser.add_argument("--block", type=int, default=block, help=f"block size B of the B x B blocks (default {block})")
     parser.add_argument("--sparsity", type=float, default=sparsity, help=f"global target sparsity (default {sparsity})")
+
+
+def add_allocation_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allocation", choices=ALLOCATIONS, default=DEFAULT_ALLOCATION,
+                        help=f"how the global target is shared among layers (default {DEFAULT_ALLOCATION}; "
+                             "paper: CRISP Alg. 1 read literally)")
 
 
 def add_model_args(parser: argparse.ArgumentParser, default: str = "resnet50") -> None:

@@ -8,13 +8,14 @@ import argparse
 import crisp
 
 from crisp.report_plot import plot_report
-from crisp.commands.common import add_model_args, add_pattern_args, model_and_input
+from crisp.commands.common import add_allocation_arg, add_model_args, add_pattern_args, model_and_input
 
 
 def register(sub) -> None:
     p = sub.add_parser("compile", help="compile a model, print the per-layer report, optionally save it (-o model.crisp)")
     add_model_args(p)
     add_pattern_args(p)
+    add_allocation_arg(p)
     p.add_argument("--target", default="cpu", help="backend: cpu (fast kernels, the default), reference, onnx, crisp-stc")
     p.add_argument("--exclude", action="append", default=[], metavar="MODULE", help="keep this module dense (repeatable)")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     model, x = model_and_input(args)
     compiled = crisp.compile(
         model, (x,), target=args.target, pattern=args.pattern, block=args.block, sparsity=args.sparsity,
-        exclude=args.exclude, seed=args.seed, progress=True,
+        exclude=args.exclude, seed=args.seed, progress=True, allocation=args.allocation,
     )
     print(compiled.report)
     if args.json:

@@ -11,14 +11,16 @@ import json
 
 import torch
 
-from crisp.commands.common import add_pattern_args
+from crisp.commands.common import add_allocation_arg, add_pattern_args
 from crisp.fileio import atomic_write_text
+from crisp.sparsity.selection import density_line
 
 
 def register(sub) -> None:
     p = sub.add_parser("prune", help="personalize and prune the small CNN on the built-in digits task")
     p.add_argument("--classes", type=int, nargs="+", required=True, metavar="ID", help="user classes (digits 0-9)")
     add_pattern_args(p)
+    add_allocation_arg(p)
     p.add_argument("--steps", type=int, default=3, help="block-pruning steps after the N:M step (default 3)")
     p.add_argument("--epochs-per-step", type=int, default=2, help="fine-tune epochs after each step (default 2)")
     p.add_argument("--warmup-epochs", type=int, default=1, help="class-aware fine-tune epochs before the first step (default 1)")
@@ -70,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         classes=args.classes, pattern=args.pattern, block=args.block, sparsity=args.sparsity,
         steps=args.steps, epochs_per_step=args.epochs_per_step, warmup_epochs=args.warmup_epochs,
         saliency=args.saliency, method=args.method, val_data=loader(split.val, batch_size=256),
-        seed=args.seed, shrink_head=args.shrink_head, progress=not args.quiet,
+        seed=args.seed, shrink_head=args.shrink_head, progress=not args.quiet, allocation=args.allocation,
     )
     acc = class_accuracy(pruned, split.test, args.classes, class_ids=history.class_ids)
     print(
@@ -78,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         f"sparsity {history.achieved_sparsity:.4f} (target {history.target_sparsity:.4f}), "
         f"test accuracy on classes {args.classes}: {100 * acc:.2f}% (dense {100 * dense_acc:.2f}%)"
     )
+    print(density_line(history.density_distribution()))
     for name, layer in history.layers.items():
         print(f"  {name}: density {layer['density']:.4f}, {layer['kept_blocks_per_row']}/{layer['blocks_per_row']} blocks per row")
     for name, why in history.dense_layers.items():

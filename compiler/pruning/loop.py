@@ -31,7 +31,7 @@ from crisp.sparsity.gemm_view import as_blocks, gemm_to_weight, pad_to_blocks, w
 from crisp.pruning.learned_masks import LearnedMasking, block_keep_mask, restrict_to_choice
 from crisp.sparsity.pattern import Pattern
 from crisp.pruning.saliency import TaylorAccumulator, magnitude_saliency
-from crisp.sparsity.selection import SelectionResult, select_hybrid_masks
+from crisp.sparsity.selection import DEFAULT_ALLOCATION, SelectionResult, density_distribution, select_hybrid_masks
 from crisp.pruning.ste import bake_masks, latent_weight, set_ste_masks
 from crisp.progress import note
 
@@ -77,10 +77,15 @@ class PruneHistory:
     class_ids: tuple[int, ...] | None = None  # original id of each output when the head was shrunk
     layers: dict[str, dict] = field(default_factory=dict)
     dense_layers: dict[str, str] = field(default_factory=dict)  # layer -> why it stays dense
+    allocation: str = DEFAULT_ALLOCATION
 
     @property
     def achieved_sparsity(self) -> float:
         return mask_sparsity(self.masks)
+
+    def density_distribution(self) -> dict:
+        """Min / median / max density of the masked layers and the layers kept at 1 block per row."""
+        return density_distribution({n: (v["density"], v["kept_blocks_per_row"]) for n, v in self.layers.items()})
 
     @property
     def final(self) -> StepRecord:
@@ -90,6 +95,7 @@ class PruneHistory:
         return {
             "method": self.method,
             "saliency": self.saliency,
+            "allocation": self.allocation,
             "pattern": self.pattern,
             "classes": list(self.classes),
             "class_ids": None if self.class_ids is None else list(self.class_ids),
@@ -98,6 +104,7 @@ class PruneHistory:
             "schedule": list(self.schedule),
             "steps": [asdict(s) for s in self.steps],
             "layers": self.layers,
+            "density_distribution": self.density_distribution(),
             "dense_layers": self.dense_layers,
         }
 
@@ -126,9 +133,10 @@ def layer_summary(masks: dict[str, torch.Tensor], block: int) -> dict[str, dict]
     return out
 
 
-def hybrid_select(saliency: dict[str, torch.Tensor], pattern: Pattern, target: float) -> tuple[dict[str, torch.Tensor], SelectionResult]:
+def hybrid_select(saliency: dict[str, torch.Tensor], pattern: Pattern, target: float,
+                  allocation: str = DEFAULT_ALLOCATION) -> tuple[dict[str, torch.Tensor], SelectionResult]:
     """CRISP's global hybrid selection on weight-shaped saliency; masks in weight shape."""
-    result = select_hybrid_masks({n: weight_to_gemm(s) for n, s in saliency.items()}, pattern, target)
+    result = select_hybrid_masks({n: weight_to_gemm(s) for n, s in saliency.items()}, pattern, target, allocation)
     masks = {n: gemm_to_weight(result.layers[n].mask, saliency[n].shape).bool() for n in saliency}
     return masks, result
 
@@ -170,10 +178,12 @@ class LearnedMasker:
     """Learned N:M masks (frozen weights) inside CRISP-selected blocks; the logits train."""
 
     def __init__(self, model: nn.Module, names: Sequence[str], pattern: Pattern,
-                 init_saliency: dict[str, torch.Tensor] | None, init_scale: float = 10.0):
+                 init_saliency: dict[str, torch.Tensor] | None, init_scale: float = 10.0,
+                 allocation: str = DEFAULT_ALLOCATION):
         self.model = model
         self.names = list(names)
         self.pattern = pattern
+        self.allocation = allocation
         for p in model.parameters():
             p.requires_grad_(False)
         self.learned = LearnedMasking(model, self.names, pattern, init_saliency, init_scale)
@@ -190,7 +200,7 @@ class LearnedMasker:
     def select(self, saliency: dict[str, torch.Tensor], target: float) -> dict[str, torch.Tensor]:
         choice = self.learned.nm_masks()
         restricted = {n: restrict_to_choice(saliency[n], choice[n]) for n in self.names}
-        masks, _ = hybrid_select(restricted, self.pattern, target)
+        masks, _ = hybrid_select(restricted, self.pattern, target, self.allocation)
         blocks = {
             n: gemm_to_weight(block_keep_mask(weight_to_gemm(m), self.pattern.block), m.shape).bool()
             for n, m in masks.items()

@@ -38,6 +38,7 @@ from crisp.pruning.loop import (
     run_schedule,
 )
 from crisp.pruning.targets import checked_targets
+from crisp.sparsity.selection import DEFAULT_ALLOCATION, check_allocation
 from crisp.pruning.saliency import SALIENCY_KINDS, TaylorAccumulator, magnitude_saliency
 from crisp.pruning.schedule import sparsity_schedule
 from crisp.pruning.ste import latent_weight
@@ -111,6 +112,7 @@ def prune(
     weight_decay: float = 5e-4,
     exclude: Sequence[str] = (),
     progress: bool | None = None,
+    allocation: str = DEFAULT_ALLOCATION,
 ) -> tuple[nn.Module, PruneHistory]:
     """Prune a copy of ``model`` for the user ``classes``; returns ``(pruned_model, history)``.
 
@@ -122,17 +124,15 @@ def prune(
     weights) or ``"learned"`` (frozen weights, learned N:M masks inside CRISP-selected blocks).
     ``shrink_head=True``: the classifier keeps only ``classes``' rows (output ``i`` is class
     ``classes[i]``; see :func:`crisp.pruning.head.to_original_classes`). ``callbacks`` are called with
-    each :class:`StepRecord`. ``exclude`` names layers to keep dense.
+    each :class:`StepRecord`. ``exclude`` names layers to keep dense. ``allocation``: how the
+    global target is shared among layers (:data:`crisp.sparsity.selection.ALLOCATIONS`).
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     pat = resolve_pattern(pattern, None if isinstance(pattern, Pattern) else block)
     kappa = check_sparsity(sparsity, pat)
-    _check_choice("method", method, METHODS)
-    _check_choice("saliency", saliency, SALIENCY_KINDS)
+    _check_options(method, saliency, allocation, epochs_per_step, warmup_epochs)
     schedule = sparsity_schedule(pat, kappa, steps)
-    _check_int("epochs_per_step", epochs_per_step, 0)
-    _check_int("warmup_epochs", warmup_epochs, 0)
     _check_plain_arguments(model, seed, lr, momentum, weight_decay, exclude, shrink_head, progress)
     cbs = _callbacks(callbacks)
     lr = (0.05 if method == "learned" else 0.01) if lr is None else float(lr)
@@ -154,7 +154,7 @@ def prune(
         targets = checked_targets(work, pat, kappa, exclude, first[:1])
         names = [t.weight_name for t in targets if t.prunable]
 
-        masker, initial, warmup = _masker(work, names, pat, method, saliency, train, warmup_epochs)
+        masker, initial, warmup = _masker(work, names, pat, method, saliency, train, warmup_epochs, allocation)
         records = run_schedule(
             work, masker, train, val,
             schedule=schedule, saliency=saliency, warmup_epochs=warmup,
@@ -167,8 +167,17 @@ def prune(
         steps=records, masks=masks, classes=classes, method=method, saliency=saliency, pattern=f"{pat.n}:{pat.m}",
         target_sparsity=kappa, schedule=list(schedule), class_ids=tuple(classes) if shrink_head else None,
         layers=layer_summary(masks, pat.block), dense_layers={t.name: t.reason for t in targets if not t.prunable},
+        allocation=allocation,
     )
     return work, history
+
+
+def _check_options(method: str, saliency: str, allocation: str, epochs_per_step: int, warmup_epochs: int) -> None:
+    _check_choice("method", method, METHODS)
+    _check_choice("saliency", saliency, SALIENCY_KINDS)
+    check_allocation(allocation)
+    _check_int("epochs_per_step", epochs_per_step, 0)
+    _check_int("warmup_epochs", warmup_epochs, 0)
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -183,12 +192,13 @@ def _class_batches(data: Iterable, classes: list[int], remap: bool, name: str) -
 
 
 def _masker(work: nn.Module, names: list[str], pat: Pattern, method: str, saliency: str, train: ClassBatches,
-            warmup_epochs: int) -> tuple[SteMasker | LearnedMasker, dict[str, torch.Tensor] | None, int]:
+            warmup_epochs: int, allocation: str) -> tuple[SteMasker | LearnedMasker, dict[str, torch.Tensor] | None, int]:
     """The masker of ``method``, the saliency it starts from and the warm-up epochs left to run."""
     if method == "crisp":
-        return SteMasker(work, names, lambda sal, target: hybrid_select(sal, pat, target)[0]), None, warmup_epochs
+        select = lambda sal, target: hybrid_select(sal, pat, target, allocation)[0]  # noqa: E731
+        return SteMasker(work, names, select), None, warmup_epochs
     initial = _initial_saliency(work, names, train, saliency, warmup_epochs)
-    return LearnedMasker(work, names, pat, initial), initial, 0
+    return LearnedMasker(work, names, pat, initial, allocation=allocation), initial, 0
 
 
 def _initial_saliency(model: nn.Module, names: list[str], batches: Iterable, kind: str, passes: int) -> dict[str, torch.Tensor]:

@@ -4,11 +4,18 @@
 2. Block score = saliency kept by step 1 inside the block.
 3. Sort block scores inside each block-row ascending; the column score of rank position ``o``
    is the sum over block-rows of their ``o``-th smallest score.
-4. Rank the column scores of all layers together and prune the lowest until the sparsity
-   comes closest to the target (ties: prune more): layer ``l`` drops the same number of blocks in every block-row, and each
-   row drops its own lowest-scoring blocks (the mask is placed through the sort permutation,
-   not by unsorted position as the public CRISP code does).
+4. Rank the candidates (rank positions) of all layers together by the *allocation* rule's key
+   and prune the lowest until the sparsity comes closest to the target (ties: prune more):
+   layer ``l`` drops the same number of blocks in every block-row, and each row drops its own
+   lowest-scoring blocks (the mask is placed through the sort permutation, not by unsorted
+   position as the public CRISP code does).
 5. Every block-row keeps at least one block.
+
+Allocation rules (the key of rank position ``o`` of a layer; see :data:`ALLOCATIONS`):
+``"paper"``: the raw column score ``c_o`` (Alg. 1 read literally; layers with few block-rows or
+small scores collapse); ``"normalized"``: ``c_o`` per removed weight, divided by the layer's mean
+N:M-kept saliency (a common scale across layers); ``"lamp"``: ``c_o / sum_{o' >= o} c_o'``, the
+share of the layer's remaining saliency the position removes (LAMP, Lee et al. 2021).
 
 Saliency is given per layer in the GEMM view ``[rows, K]`` (see :mod:`crisp.sparsity.gemm_view`).
 """
@@ -19,9 +26,23 @@ from dataclasses import dataclass
 
 import torch
 
-from crisp.errors import ModelError
+from crisp.errors import ModelError, PatternError
 from crisp.sparsity.gemm_view import as_blocks, from_blocks, pad_to_blocks
 from crisp.sparsity.pattern import Pattern
+
+
+ALLOCATIONS = ("paper", "normalized", "lamp")
+DEFAULT_ALLOCATION = "normalized"
+
+
+def check_allocation(allocation: str) -> str:
+    """``allocation`` if it names a rule of :data:`ALLOCATIONS`, else a :class:`crisp.errors.PatternError`."""
+    if not isinstance(allocation, str) or allocation not in ALLOCATIONS:
+        raise PatternError(
+            f"unknown allocation {allocation!r}; known allocations: {', '.join(ALLOCATIONS)} "
+            f"(default {DEFAULT_ALLOCATION!r}; 'paper' is CRISP Alg. 1 read literally)"
+        )
+    return allocation
 
 
 @dataclass
@@ -65,6 +86,7 @@ class _LayerScores:
     order: torch.Tensor  # [nbr, nbc] block columns per row, ascending block score
     column_scores: torch.Tensor  # [nbc] sum over rows of the o-th smallest block score
     removal: torch.Tensor  # [nbc] real weights removed by dropping rank position o in every row
+    mean_saliency: float  # mean saliency of the layer's N:M-kept real entries
 
 
 def _block_sums(matrix: torch.Tensor, block: int, dtype: torch.dtype) -> torch.Tensor:
@@ -87,7 +109,26 @@ def _score_layer(name: str, saliency: torch.Tensor, pattern: Pattern) -> _LayerS
     block_counts = _block_sums(nm, b, torch.int64)  # real kept entries per block
     sorted_scores, order = torch.sort(block_scores, dim=1, stable=True)
     sorted_counts = torch.gather(block_counts, 1, order)
-    return _LayerScores(name, rows, cols, nm, order, sorted_scores.sum(0), sorted_counts.sum(0))
+    kept = int(block_counts.sum())
+    mean = float(block_scores.sum()) / max(1, kept)
+    return _LayerScores(name, rows, cols, nm, order, sorted_scores.sum(0), sorted_counts.sum(0), mean)
+
+
+def _allocation_keys(layer: _LayerScores, allocation: str) -> torch.Tensor:
+    """The ranking key of each rank position of ``layer`` under ``allocation`` (float64 [nbc]).
+
+    Keys are made non-decreasing along the rank positions (running maximum), so that pruning the
+    lowest keys globally always drops a prefix of positions in each layer."""
+    c = layer.column_scores.to(torch.float64)
+    if allocation == "paper":
+        keys = c
+    elif allocation == "normalized":
+        per_weight = c / layer.removal.clamp(min=1).to(torch.float64)
+        keys = per_weight / layer.mean_saliency if layer.mean_saliency > 0 else torch.zeros_like(c)
+    else:  # lamp
+        tail = torch.flip(torch.cumsum(torch.flip(c, [0]), 0), [0])
+        keys = torch.where(tail > 0, c / tail.clamp(min=1e-300), torch.zeros_like(c))
+    return torch.cummax(keys, 0).values
 
 
 def _place_mask(layer: _LayerScores, dropped: int, pattern: Pattern) -> torch.Tensor:
@@ -101,12 +142,15 @@ def _place_mask(layer: _LayerScores, dropped: int, pattern: Pattern) -> torch.Te
     return from_blocks(blocks)[: layer.rows, : layer.cols]
 
 
-def select_hybrid_masks(saliencies: dict[str, torch.Tensor], pattern: Pattern, sparsity: float) -> SelectionResult:
+def select_hybrid_masks(saliencies: dict[str, torch.Tensor], pattern: Pattern, sparsity: float,
+                        allocation: str = DEFAULT_ALLOCATION) -> SelectionResult:
     """Pick hybrid masks for all layers together so that the pruned layers reach ``sparsity``.
 
-    ``saliencies`` maps a layer name to its saliency in the GEMM view ``[rows, K]``. The result
-    is deterministic: ties are broken by layer order, then rank position.
+    ``saliencies`` maps a layer name to its saliency in the GEMM view ``[rows, K]``;
+    ``allocation`` is the rule that compares rank positions across layers (:data:`ALLOCATIONS`).
+    The result is deterministic: ties are broken by layer order, then rank position.
     """
+    check_allocation(allocation)
     layers = [_score_layer(name, sal, pattern) for name, sal in saliencies.items()]
     total = sum(layer.rows * layer.cols for layer in layers)
     kept_nm = sum(int(layer.removal.sum()) for layer in layers)
@@ -114,7 +158,7 @@ def select_hybrid_masks(saliencies: dict[str, torch.Tensor], pattern: Pattern, s
     scores, owners, positions, removals = [], [], [], []
     for li, layer in enumerate(layers):
         count = layer.column_scores.numel() - 1
-        scores.append(layer.column_scores[:count])
+        scores.append(_allocation_keys(layer, allocation)[:count])
         owners.append(torch.full((count,), li, dtype=torch.int64))
         positions.append(torch.arange(count))
         removals.append(layer.removal[:count])
@@ -141,3 +185,35 @@ def select_hybrid_masks(saliencies: dict[str, torch.Tensor], pattern: Pattern, s
         result[layer.name] = LayerSelection(mask, nbc - d, nbc, kept, layer.rows * layer.cols)
     achieved = 1.0 - kept_total / total if total else 0.0
     return SelectionResult(result, sparsity, achieved)
+
+
+def density_distribution(layers: dict[str, tuple[float, int]]) -> dict:
+    """Min / median / max density of the pruned layers and the layers at their floor.
+
+    ``layers`` maps a layer name to ``(density, kept blocks per block-row)``; a layer is at its
+    floor when it keeps one block per row (allocation cannot take more from it)."""
+    if not layers:
+        return {"layers": 0, "min": None, "median": None, "max": None, "min_layer": None, "max_layer": None,
+                "at_floor": []}
+    ranked = sorted(layers.items(), key=lambda kv: (kv[1][0], kv[0]))
+    dens = [d for _, (d, _) in ranked]
+    mid = len(dens) // 2
+    median = dens[mid] if len(dens) % 2 else 0.5 * (dens[mid - 1] + dens[mid])
+    return {
+        "layers": len(dens), "min": dens[0], "median": median, "max": dens[-1],
+        "min_layer": ranked[0][0], "max_layer": ranked[-1][0],
+        "at_floor": [name for name, (_, kept) in layers.items() if kept <= 1],
+    }
+
+
+def density_line(dist: dict) -> str:
+    """One line for a :func:`density_distribution`, e.g. for reports and the CLI."""
+    if not dist["layers"]:
+        return "layer density: no pruned layer"
+    floor = dist["at_floor"]
+    shown = ", ".join(floor[:6]) + (f", ... ({len(floor) - 6} more)" if len(floor) > 6 else "")
+    return (
+        f"layer density over {dist['layers']} pruned layers: min {dist['min']:.3f} ({dist['min_layer']}), "
+        f"median {dist['median']:.3f}, max {dist['max']:.3f} ({dist['max_layer']}); "
+        f"at the floor of 1 block per row: {len(floor)}" + (f" ({shown})" if floor else "")
+    )
