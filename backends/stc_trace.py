@@ -33,6 +33,7 @@ from crisp.runtime.simulator.arch import Arch
 from crisp.runtime.simulator.arch_io import arch_from_dict
 from crisp.runtime.simulator.engine import check_fallbacks, result_from, run_specs, arch_notes
 from crisp.runtime.simulator.errors import ArchError, TraceFormatError
+from crisp.validate import check_int, check_number
 from crisp.runtime.simulator.arch_io import get_arch
 from crisp.runtime.simulator.records import COLUMNS, OPERANDS, OPS, unit_names
 from crisp.runtime.simulator.replay import replay
@@ -159,7 +160,7 @@ class Trace:
         return len(data)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Trace":
+    def load(cls, path: str | os.PathLike) -> "Trace":  # noqa: C901  (one check per field of the format)
         """Read a trace written by :meth:`save`; raises TraceFormatError on anything else."""
         p = Path(path)
         where = f"trace file {str(p)!r}"
@@ -201,7 +202,7 @@ class Trace:
                     raise TraceFormatError(f"{where} is truncated in blob {e['name']!r}")
                 if zlib.crc32(blob) != e["crc32"]:
                     raise TraceFormatError(f"{where} is corrupt: checksum of blob {e['name']!r} does not match")
-                arr = np.frombuffer(zlib.decompress(blob), dtype=np.dtype(e["dtype"]).newbyteorder("<"))
+                arr = _decompressed(blob, e, where)
                 if arr.size != e["count"]:
                     raise TraceFormatError(f"{where} is corrupt: blob {e['name']!r} holds {arr.size} values, "
                                            f"expected {e['count']}")
@@ -226,6 +227,7 @@ class Trace:
         specs = []
         try:
             for i, layer in enumerate(header["layers"]):
+                _check_spec(layer["spec"], f"{where} layer {i}")
                 specs.append(LayerSpec.from_header(layer["spec"], **{
                     name: arrays.get(f"{i}:{name}") for name in _LAYER_ARRAYS}))
         except (KeyError, TypeError, ValueError) as exc:
@@ -314,3 +316,34 @@ def trace_from_layers(layers, arch: Arch | str = "crisp-stc", pattern=None, *, s
     trace = Trace(header=header, columns=cols, specs=specs)
     header["totals"] = _totals(res, trace)
     return trace
+
+
+# Sane ranges of a layer header's sizes: far above any real layer, small enough that nothing a crafted
+# header says can make the simulator allocate or loop without bound.
+_SPEC_LIMITS = {"M": 2**24, "K": 2**24, "N": 2**28, "groups": 2**24, "in_channels": 2**24, "in_positions": 2**34,
+                "kernel_positions": 2**16, "stored_values": 2**40, "metadata_bytes": 2**42, "index_bytes": 2**42,
+                "paper_metadata_bits": 2**45}
+_MAX_INFLATE = 1100  # deflate never expands a stream more than ~1032 times
+
+
+def _check_spec(h, where: str) -> None:
+    """Every size in a layer header an integer within :data:`_SPEC_LIMITS` (named in the message)."""
+    if not isinstance(h, dict):
+        raise TraceFormatError(f"{where}: the layer spec must be a table, got {type(h).__name__}")
+    if not isinstance(h.get("name"), str):
+        raise TraceFormatError(f"{where}: the layer name must be a string, got {h.get('name')!r}")
+    for key, top in _SPEC_LIMITS.items():
+        if key in ("M", "K", "N"):
+            check_int(f"{where}: {key}", h.get(key), minimum=0, maximum=top, error=TraceFormatError)
+        elif h.get(key) is not None:
+            check_number(f"{where}: {key}", h.get(key), minimum=0, maximum=top, error=TraceFormatError)
+
+
+def _decompressed(blob: bytes, e: dict, where: str) -> np.ndarray:
+    """One blob's values, refusing a count the compressed size cannot hold before inflating it."""
+    dtype = np.dtype(e["dtype"]).newbyteorder("<")
+    count = check_int(f"{where} blob {e['name']!r} count", e["count"], minimum=0,
+                      maximum=max(16, len(blob) * _MAX_INFLATE // max(1, dtype.itemsize)), error=TraceFormatError)
+    inflate = zlib.decompressobj()
+    raw = inflate.decompress(blob, count * dtype.itemsize + 1)
+    return np.frombuffer(raw, dtype=dtype)

@@ -34,7 +34,8 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int
         raise error(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     value = int(value)
     if minimum is not None and value < minimum or maximum is not None and value > maximum:
-        raise error(f"{name} must be an integer in [{_bound(minimum)}, {_bound(maximum)}], got {value!r}")
+        what = {0: "a non-negative ", 1: "a positive "}.get(minimum, "an ") if minimum is not None else "an "
+        raise error(f"{name} must be {what}integer in [{_bound(minimum)}, {_bound(maximum)}], got {value!r}")
     return value
 
 
@@ -54,10 +55,13 @@ def check_number(name: str, value: Any, *, minimum: float | None = None, maximum
         raise error(f"{name} must be a finite number, got {value!r}") from None
     if not math.isfinite(value):
         raise error(f"{name} must be a finite number, got {value!r}")
+    span = f"[{_bound(minimum)}, {_bound(maximum)}]"
     if positive and value <= 0:
-        raise error(f"{name} must be positive, got {value!r}")
+        raise error(f"{name} must be positive (a number in {span}), got {value!r}")
+    if minimum == 0 and value < 0:
+        raise error(f"{name} must be a non-negative number (in {span}), got {value!r}")
     if minimum is not None and value < minimum or maximum is not None and value > maximum:
-        raise error(f"{name} must be in [{_bound(minimum)}, {_bound(maximum)}], got {value!r}")
+        raise error(f"{name} must be a number in {span}, got {value!r}")
     return value
 
 

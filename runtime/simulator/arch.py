@@ -24,8 +24,16 @@ from crisp.errors import PatternError
 from crisp.runtime.simulator.energy import EnergyTable, STC_45NM
 from crisp.runtime.simulator.errors import ArchError
 from crisp.sparsity.pattern import parse_nm as pattern_nm
+from crisp.validate import check_int, check_number
 
 DATAFLOWS = ("simd", "outer-product")
+# Sane ranges of every numeric field (the message names the field and its range): far beyond any real
+# design, small enough that cycle counts stay exact integers and sizes never overflow.
+INT_LIMITS = {"n_cores": 2**20, "macs_per_core": 2**24, "rf_bytes": 2**40, "smem_bytes": 2**44, "core_rows": 2**16,
+              "gather_lanes": 2**16, "word_bytes": 64}
+FLOAT_LIMITS = {"smem_read_bw": (1e-3, 1e12), "smem_write_bw": (1e-3, 1e12), "dram_read_bw": (1e-3, 1e12),
+                "dram_write_bw": (1e-3, 1e12), "clock_ghz": (1e-3, 1e3), "activation_density": (1e-6, 1.0),
+                "smem_resident_fraction": (1e-6, 1.0)}
 
 
 def parse_nm(text: str) -> tuple[int, int]:
@@ -63,31 +71,30 @@ class Arch:
     description: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "patterns", tuple(str(p).strip() for p in self.patterns))
+        if isinstance(self.patterns, str) or not isinstance(self.patterns, (list, tuple)) \
+                or not all(isinstance(p, str) for p in self.patterns):
+            raise ArchError(f"architecture {self.name!r}: patterns must be a list of 'n:m' strings, got {self.patterns!r}")
+        object.__setattr__(self, "patterns", tuple(p.strip() for p in self.patterns))
         self.validate()
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ArchError(f"architecture name must be a non-empty string, got {self.name!r}")
         where = f"architecture {self.name!r}"
-        if self.dataflow not in DATAFLOWS:
+        if not isinstance(self.description, str):
+            raise ArchError(f"{where}: description must be a string, got {self.description!r}")
+        if not isinstance(self.dataflow, str) or self.dataflow not in DATAFLOWS:
             raise ArchError(f"{where}: dataflow must be one of {', '.join(DATAFLOWS)}, got {self.dataflow!r}")
-        for name in ("n_cores", "macs_per_core", "rf_bytes", "smem_bytes", "core_rows", "gather_lanes", "word_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ArchError(f"{where}: {name} must be a positive integer, got {value!r}")
-        for name in ("smem_read_bw", "smem_write_bw", "dram_read_bw", "dram_write_bw", "clock_ghz"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ArchError(f"{where}: {name} must be a positive number (bytes per cycle / GHz), got {value!r}")
-        if not 0 < self.activation_density <= 1:
-            raise ArchError(f"{where}: activation_density must be in (0, 1], got {self.activation_density!r}")
-        if not 0 < self.smem_resident_fraction <= 1:
-            raise ArchError(f"{where}: smem_resident_fraction must be in (0, 1], got {self.smem_resident_fraction!r}")
-        for name, value in asdict(self.energy).items():
-            if name != "name" and (not isinstance(value, (int, float)) or value < 0):
-                raise ArchError(f"{where}: energy.{name} must be a non-negative number, got {value!r}")
-        if self.energy.smem_row_bytes <= 0:
-            raise ArchError(f"{where}: energy.smem_row_bytes must be positive")
+        if not isinstance(self.block_skipping, bool):
+            raise ArchError(f"{where}: block_skipping must be true or false, got {self.block_skipping!r}")
+        for name, top in INT_LIMITS.items():
+            check_int(f"{where}: {name}", getattr(self, name), minimum=1, maximum=top, error=ArchError)
+        for name, (low, top) in FLOAT_LIMITS.items():
+            check_number(f"{where}: {name}", getattr(self, name), minimum=low, maximum=top, positive=True, error=ArchError)
+        if not isinstance(self.energy, EnergyTable):
+            raise ArchError(f"{where}: energy must be an EnergyTable, got {type(self.energy).__name__}")
+        self.energy.validate(where)
         if self.dataflow == "simd":
             if self.macs_per_core % self.core_rows:
                 raise ArchError(

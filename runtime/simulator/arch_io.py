@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from crisp.fileio import atomic_write_text
+from crisp.validate import check_int, check_number
 
-from crisp.runtime.simulator.arch import Arch
-from crisp.runtime.simulator.energy import ENERGY_TABLES, EnergyTable
+from crisp.runtime.simulator.arch import FLOAT_LIMITS, INT_LIMITS, Arch
+from crisp.runtime.simulator.energy import ENERGY_TABLES, MAX_PJ, MAX_ROW_BYTES, EnergyTable
 from crisp.runtime.simulator.errors import ArchError
 from crisp.runtime.simulator.presets import PRESETS
 
@@ -53,13 +54,16 @@ def _energy_from(value: Any, base: EnergyTable, where: str) -> EnergyTable:
     for key, v in value.items():
         if key not in _ENERGY_FIELDS:
             raise _unknown(key, _ENERGY_FIELDS, f"{where} [energy]")
-        if key != "name" and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
-            raise ArchError(f"{where}: energy.{key} must be a non-negative number (pJ), got {v!r}")
+        if key == "smem_row_bytes":
+            v = check_int(f"{where}: energy.smem_row_bytes", v, minimum=1, maximum=MAX_ROW_BYTES, error=ArchError)
+        elif key != "name":
+            check_number(f"{where}: energy.{key}", v, minimum=0.0, maximum=MAX_PJ, error=ArchError)
         merged[key] = v
     if "name" not in value:
         merged["name"] = f"{base.name}+custom"
-    merged["smem_row_bytes"] = int(merged["smem_row_bytes"])
-    return EnergyTable(**merged)
+    table = EnergyTable(**merged)
+    table.validate(where)
+    return table
 
 
 def arch_from_dict(data: dict, source: str = "architecture") -> Arch:
@@ -69,7 +73,7 @@ def arch_from_dict(data: dict, source: str = "architecture") -> Arch:
     data = dict(data)
     base_name = data.pop("base", None)
     if base_name is not None:
-        if base_name not in PRESETS:
+        if not isinstance(base_name, str) or base_name not in PRESETS:
             raise ArchError(f"{source}: base {base_name!r} is not a preset; presets: {', '.join(PRESETS)}")
         values = {f: getattr(PRESETS[base_name], f) for f in _ARCH_FIELDS}
     else:
@@ -86,16 +90,16 @@ def arch_from_dict(data: dict, source: str = "architecture") -> Arch:
         if key == "energy":
             continue
         if key in _INT_FIELDS:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ArchError(f"{source}: {key} must be an integer, got {value!r}")
-            if value <= 0:
+            if not isinstance(value, bool) and isinstance(value, int) and value <= 0:
                 raise ArchError(f"{source}: {key} must be positive, got {value!r}")
+            value = check_int(f"{source}: {key}", value, minimum=1, maximum=INT_LIMITS[key], error=ArchError)
         elif key in _FLOAT_FIELDS:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ArchError(f"{source}: {key} must be a number, got {value!r}")
-            if value <= 0:
+            if not isinstance(value, bool) and isinstance(value, (int, float)) and value <= 0:
                 raise ArchError(f"{source}: {key} must be positive, got {value!r}")
-            value = float(value)
+            low, top = FLOAT_LIMITS[key]
+            value = check_number(f"{source}: {key}", value, minimum=low, maximum=top, positive=True, error=ArchError)
+        elif key in ("name", "description", "dataflow") and not isinstance(value, str):
+            raise ArchError(f"{source}: {key} must be a string, got {value!r}")
         elif key == "patterns":
             if isinstance(value, str) or not isinstance(value, (list, tuple)):
                 raise ArchError(f"{source}: patterns must be a list like [\"2:4\"], got {value!r}")
@@ -120,7 +124,12 @@ def load_arch(path: str | os.PathLike) -> Arch:
     p = Path(path)
     if not p.is_file():
         raise ArchError(f"architecture file {str(p)!r} does not exist")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ArchError(f"architecture file {str(p)!r} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    except OSError as exc:
+        raise ArchError(f"architecture file {str(p)!r} cannot be read: {exc.strerror or exc}") from None
     try:
         if p.suffix.lower() == ".toml":
             data = tomllib.loads(text)

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from crisp.runtime.simulator.errors import ArchError
+from crisp.validate import check_int, check_number
+
 COMPONENTS = ("mac", "lrf", "rf", "smem_data", "smem_meta", "dram")
 
 
@@ -40,6 +43,20 @@ class EnergyTable:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def validate(self, where: str = "energy table") -> None:
+        """Every energy a finite number of pJ in [0, 1e9]; ``smem_row_bytes`` an integer in [1, 2**20]."""
+        if not isinstance(self.name, str) or not self.name:
+            raise ArchError(f"{where}: energy.name must be a non-empty string, got {self.name!r}")
+        for key, value in asdict(self).items():
+            if key == "smem_row_bytes":
+                check_int(f"{where}: energy.smem_row_bytes", value, minimum=1, maximum=MAX_ROW_BYTES, error=ArchError)
+            elif key != "name":
+                check_number(f"{where}: energy.{key}", value, minimum=0.0, maximum=MAX_PJ, error=ArchError)
+
+
+MAX_PJ = 1e9  # per action; the 45 nm tables are below 1e3
+MAX_ROW_BYTES = 2**20
 
 
 # Sparseloop artifact, ERT_summary.yaml of each design (sec. 3 of the reference file).
