@@ -116,7 +116,7 @@ def compile(
         torch.manual_seed(seed)
         original = _eval_copy(model)
         note(log, progress, "crisp: tracing %s ...", type(model).__name__)
-        gm = trace(_eval_copy(model), leaf_modules=exclude + leaf_modules)
+        gm = trace(_eval_copy(model), leaf_modules=exclude + leaf_modules, example_inputs=inputs)
         pipeline = default_pipeline(original, inputs, p, kappa, saliency_fn, exclude, verify=verify, progress=progress,
                                     allocation=allocation)
         lowered = pipeline(gm).graph_module

@@ -1,21 +1,27 @@
 """The IR: a ``torch.fx.GraphModule`` traced from the user's model, plus helpers to read the
 analysis results passes leave in ``node.meta`` and ``graph_module.meta``.
 
-Tracing names the module that could not be traced and suggests ``exclude`` / ``leaf_modules``.
+When ``torch.fx.symbolic_trace`` cannot trace a model (shape-dependent control flow, for example)
+and example inputs are given, the model is captured with ``torch.export`` (non-strict) instead and
+its functional layers are raised back to modules (:mod:`crisp.ir.capture`). A TraceError names the
+module that could not be traced, and suggests ``exclude`` / ``leaf_modules``, only when both fail.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Iterable, Iterator
 
 import torch
 from torch import fx, nn
 
 from crisp.errors import TraceError
+from crisp.ir.capture import export_graph, raise_functional_layers
 from crisp.ir.layer_info import META_KEY, LayerInfo
 from crisp.ir.prunable import layer_kind
 
+log = logging.getLogger(__name__)
 ANALYSES_KEY = "crisp_analyses"  # graph_module.meta: names of the analyses already run
 
 
@@ -45,12 +51,26 @@ class _CrispTracer(fx.Tracer):
             raise
 
 
-def trace(model: nn.Module, leaf_modules: Iterable[str] = ()) -> fx.GraphModule:
-    """Symbolically trace ``model``; modules named in ``leaf_modules`` (and their children) stay opaque."""
+def trace(model: nn.Module, leaf_modules: Iterable[str] = (), example_inputs: tuple | None = None) -> fx.GraphModule:
+    """Symbolically trace ``model``; modules named in ``leaf_modules`` (and their children) stay opaque.
+    If that fails and ``example_inputs`` are given, capture with ``torch.export`` instead (then the
+    layers inside ``leaf_modules`` stay dense); ``gm.meta["crisp_frontend"]`` says which ran."""
     tracer = _CrispTracer(leaf_modules)
     try:
         graph = tracer.trace(model)
     except Exception as exc:
+        also = ""
+        if example_inputs is not None:
+            try:
+                gm = export_graph(model, example_inputs, skip=tuple(leaf_modules))
+            except Exception as export_exc:
+                also = f" torch.export could not capture it either ({type(export_exc).__name__}: {(str(export_exc).strip().splitlines() or [''])[0][:200]})."
+            else:
+                log.info("crisp: torch.fx could not trace %s (%s); captured it with torch.export",
+                         type(model).__name__, type(exc).__name__)
+                gm.meta[ANALYSES_KEY] = set()
+                gm.meta["crisp_frontend"] = "torch.export"
+                return gm
         path, cls = getattr(exc, "_crisp_module", ("<root>", type(model).__name__))
         where = f"module {path!r} ({cls})" if path != "<root>" else f"the model's own forward ({cls})"
         hint = (
@@ -58,11 +78,12 @@ def trace(model: nn.Module, leaf_modules: Iterable[str] = ()) -> fx.GraphModule:
             if path != "<root>"
             else "move the data-dependent code into a submodule and pass its name in exclude=[...]"
         )
-        raise TraceError(f"torch.fx could not trace {where}: {type(exc).__name__}: {exc}. To compile the rest, {hint}.") from exc
+        raise TraceError(f"torch.fx could not trace {where}: {type(exc).__name__}: {exc}.{also} To compile the rest, {hint}.") from exc
     name = type(model).__name__
     gm = fx.GraphModule(tracer.root, graph, name)
     gm.meta[ANALYSES_KEY] = set()
-    return gm
+    gm.meta["crisp_frontend"] = "torch.fx"
+    return raise_functional_layers(gm, skip=tuple(leaf_modules))  # F.conv2d(x, self.weight) and the like
 
 
 def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
