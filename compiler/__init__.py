@@ -9,7 +9,7 @@ from crisp import models
 from crisp.api import compile
 from crisp.compiled_model import CompiledModel, load
 from crisp.errors import (
-    CrispError, FormatError, ModelError, PassOrderError, PatternError, TraceError, UnknownTargetError,
+    ArgumentError, CrispError, FormatError, ModelError, PassOrderError, PatternError, TraceError, UnknownTargetError,
     VerificationError,
 )
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
@@ -34,7 +34,7 @@ __all__ = [
     "PruneHistory", "StabilityCertificate", "StepRecord", "magnitude_saliency", "prune", "stability_certificate",
     "taylor_saliency", "to_original_classes", "user_classes",
     "AlreadyOptimizedError", "optimize_onnx", "optimize_onnx_with_report",
-    "CompiledModel", "CrispError", "FormatError", "HybridSparseTensor", "LayerInfo", "ModelError", "PIPELINES",
+    "ArgumentError", "CompiledModel", "CrispError", "FormatError", "HybridSparseTensor", "LayerInfo", "ModelError", "PIPELINES",
     "PassOrderError", "Pattern", "PatternError", "Pipeline", "Report", "TraceError", "UnknownTargetError",
     "VerificationError", "apply_masks", "compare_archs", "compile", "load", "default_pipeline", "models", "select_hybrid_masks",
     "simulate",

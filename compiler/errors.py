@@ -11,6 +11,10 @@ class CrispError(Exception):
     """Base class of every error crisp raises on purpose."""
 
 
+class ArgumentError(CrispError, ValueError):
+    """A function argument or command-line option of the wrong type or out of range (checked by crisp.validate)."""
+
+
 class PatternError(CrispError, ValueError):
     """An N:M + block pattern or a sparsity target that cannot be used."""
 

@@ -13,13 +13,13 @@ import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from crisp.errors import CrispError, ModelError
+from crisp.errors import ArgumentError, CrispError, ModelError
+
+__all__ = ["ArgumentError", "InputSpec", "check_bool", "check_callable", "check_choice", "check_example_inputs",
+           "check_int", "check_model", "check_names_in", "check_number", "check_options", "check_seed", "check_str",
+           "check_str_list", "clone_inputs"]
 
 SEED_MAX = 2**63 - 1
-
-
-class ArgumentError(CrispError, ValueError):
-    """A function argument or command-line option of the wrong type or out of range."""
 
 
 def _hint(key: str, known: Iterable[str]) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from crisp.onnx.compact import BODIES, DOMAIN, MIN_OPSET, FunctionSet
-from crisp.validate import check_names_in
+from crisp.validate import check_names_in, check_str_list
 from crisp.errors import ModelError
 from crisp.progress import progress as progress_bar
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
@@ -114,7 +114,7 @@ def optimize_onnx_with_report(
     target = check_sparsity(sparsity, pat)
     _check_choices(format, body, saliency, calibration)
     allocation = check_allocation(allocation)
-    exclude = tuple([exclude] if isinstance(exclude, str) else exclude)
+    exclude = check_str_list("exclude", exclude, error=ModelError)
 
     model, source = _read(model_or_path)
     refuse_crisp_output(model, source)
