@@ -65,7 +65,8 @@ def cpu_backend(lowered: BackendInput) -> BackendOutput:
     packed = sum(m.nbytes for m in gm.modules() if isinstance(m, PackedLayer))
     return BackendOutput(module=gm, artifacts={
         "cpu_kernels": "fast", "cpu_isa": fast_kernel.cpu_capability(), "cpu": cpu_capability.cpu_model(),
-        "fused": done.get("fused", {}), "folded_batchnorms": done.get("folded_batchnorms", []),
+        "fused": done.get("fused", {}), "kernel_choices": done.get("kernel_choices", {}),
+        "folded_batchnorms": done.get("folded_batchnorms", []),
         "dense_convs": done.get("dense_convs", []), "lowered_pools": done.get("lowered_pools", []),
         "packed_weight_bytes": packed,
     })

@@ -22,12 +22,12 @@ from crisp.ir.layer_info import META_KEY, LayerInfo
 from crisp.ir.meta import LOWERED_KEY
 from crisp.runtime.ops import HYBRID_SPARSE_GEMM
 from crisp.runtime import fast_kernel
-from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
 
 from crisp.passes.base import CrispPass
 from crisp.passes.cpu_common import (
-    INF, PackedLayer, activation, conv_call, pack, record, require_fast_kernels, sole_user, tidy,
+    INF, PackedLayer, activation, conv_call, record, require_fast_kernels, sole_user, tidy,
 )
+from crisp.passes.cpu_kernel_choice import Choice, Tuner
 
 INPLACE_ADDS = (("call_function", operator.iadd), ("call_method", "add_"))
 
@@ -87,13 +87,18 @@ def _epilogue(gm: fx.GraphModule, out: fx.Node, info: LayerInfo, fuse_activation
     return end, residual, clamp, parts
 
 
-def _fuse_layer(gm: fx.GraphModule, gemm: fx.Node, info: LayerInfo, fuse_activations: bool) -> str:
-    """Replace one layer's subgraph with a fused fast op; return a description of what was fused."""
+def _fuse_layer(gm: fx.GraphModule, gemm: fx.Node, info: LayerInfo, fuse_activations: bool, tuner: Tuner
+                ) -> tuple[str, Choice]:
+    """Replace one layer's subgraph with a fused fast op on the kernel ``tuner`` chooses; return a
+    description of what was fused and the choice."""
     graph = gm.graph
     x, out, group = _layer_subgraph(graph, info, gemm)
     holder_path = gemm.args[1].target.rsplit(".", 1)[0]  # "<layer>.values" -> "<layer>"
     holder = gm.get_submodule(holder_path)
-    packed = pack(holder.compact(), info.weight_shape[1], info.kind == "conv")
+    conv = info.conv
+    shape_geometry = (list(conv.kernel), list(conv.strides), list(conv.padding), list(conv.dilations)) if conv else ()
+    choice = tuner.choose(holder.compact(), info.weight_shape[1], info.kind, _shape(x), shape_geometry, holder.bias)
+    packed = choice.packed
     gm.set_submodule(holder_path, PackedLayer(packed, holder.bias))
     end, residual, clamp, parts = _epilogue(gm, out, info, fuse_activations)
 
@@ -101,8 +106,7 @@ def _fuse_layer(gm: fx.GraphModule, gemm: fx.Node, info: LayerInfo, fuse_activat
         attrs = [graph.get_attr(f"{holder_path}.{name}") for name in packed.tensors()]
         bias = graph.get_attr(f"{holder_path}.bias") if holder.bias is not None else None
         if info.kind == "conv":
-            conv = info.conv
-            geometry = (list(conv.kernel), list(conv.strides), list(conv.padding), list(conv.dilations), *clamp)
+            geometry = (*shape_geometry, *clamp)
             fused = conv_call(graph, packed, x, attrs, bias, residual, geometry)
         else:
             fused = graph.call_function(fast_kernel.op("hybrid_sparse_linear_fast"),
@@ -120,9 +124,8 @@ def _fuse_layer(gm: fx.GraphModule, gemm: fx.Node, info: LayerInfo, fuse_activat
         doomed.add(node)
     for node in sorted(doomed, key=order.__getitem__, reverse=True):
         graph.erase_node(node)
-    kernel = {ChannelPackedWeight: "channel", PackedHybridWeight: "rows"}[type(packed)]
     bias_part = ["bias"] if holder.bias is not None else []
-    return "+".join(["conv" if info.kind == "conv" else "linear", *bias_part, *parts]) + f" [{kernel}]"
+    return "+".join(["conv" if info.kind == "conv" else "linear", *bias_part, *parts]) + f" [{choice.kernel}]", choice
 
 
 class FuseSparseLayersForCpu(CrispPass):
@@ -137,10 +140,15 @@ class FuseSparseLayersForCpu(CrispPass):
     def call(self, graph_module: fx.GraphModule) -> bool:
         require_fast_kernels(self.name)
         fused: dict[str, str] = {}
+        choices: dict[str, dict] = {}
+        tuner, isa = Tuner(), fast_kernel.cpu_capability()
         for node in list(graph_module.graph.nodes):
             if node.op == "call_function" and node.target is HYBRID_SPARSE_GEMM and META_KEY in node.meta:
                 info = node.meta[META_KEY]
-                fused[info.name] = _fuse_layer(graph_module, node, info, self.fuse_activations)
+                fused[info.name], choice = _fuse_layer(graph_module, node, info, self.fuse_activations, tuner)
+                choices[info.name] = {"kernel": choice.kernel, "isa": isa, "reason": choice.reason,
+                                      "times_ms": choice.times_ms}
         record(graph_module, "fused", fused)
+        record(graph_module, "kernel_choices", choices)
         tidy(graph_module)
         return bool(fused)

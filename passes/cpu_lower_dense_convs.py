@@ -12,19 +12,13 @@ import torch
 from torch import fx, nn
 
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
-from crisp.sparsity.pattern import Pattern
 
 from crisp.passes.base import CrispPass
+from crisp.passes.cpu_kernel_choice import dense_pattern
 from crisp.passes.cpu_common import (
     PackedLayer, conv_call, is_plain_conv, module_calls_on_4d_float, pack, record, replace_module_call,
     require_fast_kernels, tidy,
 )
-
-
-def dense_pattern(k: int) -> Pattern:
-    """Every weight kept: how a dense conv runs on the sparse kernels. Blocks of 32 (two row
-    vectors share each input load) unless that would pad K."""
-    return Pattern(4, 4, 32 if k % 32 == 0 else 16)
 
 
 class LowerDenseConvs(CrispPass):

@@ -144,3 +144,69 @@ def test_cpu_passes_refuse_without_fast_kernels(lowered, monkeypatch):
     monkeypatch.setattr(fast_kernel, "available", lambda: False)
     with pytest.raises(CrispError, match="LowerPools inserts crisp's fast CPU kernels.*target='reference'"):
         LowerPools()(gm)
+
+
+def _choices(gm: torch.fx.GraphModule) -> dict:
+    return gm.meta[CPU_KEY]["kernel_choices"]
+
+
+@needs_fast
+def test_kernel_choice_is_measured_cached_and_deterministic_given_the_cache(lowered, tmp_path, monkeypatch):
+    """The first compile times every candidate per layer and caches the verdicts; the next one reads
+    them (same kernels, bit-identical outputs); a tampered cache is obeyed; a cleared cache measures
+    again and gives the same outputs."""
+    import json
+
+    from crisp.passes import cpu_kernel_choice
+
+    gm, x = lowered
+    path = tmp_path / "kernel_choices.json"
+    monkeypatch.setattr(cpu_kernel_choice, "cache_path", lambda: path)
+    monkeypatch.delenv(cpu_kernel_choice.TUNE_ENV, raising=False)
+    monkeypatch.delenv(cpu_kernel_choice.BUDGET_ENV, raising=False)
+    first = cpu_pipeline()(gm).graph_module
+    choices = _choices(first)
+    assert set(choices) == {"pw", "conv", "fc"}
+    for name, choice in choices.items():
+        assert choice["reason"].startswith("measured:") and choice["isa"] == fast_kernel.cpu_capability()
+        assert choice["kernel"] == min(choice["times_ms"], key=choice["times_ms"].get)
+        assert set(choice["times_ms"]) >= ({"rows", "dense"} if name != "fc" else {"rows"})
+    assert len(json.loads(path.read_text())) == 3
+    with torch.no_grad():
+        want = gm(x)
+        y1 = first(x)
+        assert relative_error(y1, want) < 1e-5
+        second = cpu_pipeline()(gm).graph_module
+        assert all(c["reason"].startswith("cached measurement") for c in _choices(second).values())
+        assert {k: c["kernel"] for k, c in _choices(second).items()} == {k: c["kernel"] for k, c in choices.items()}
+        assert torch.equal(second(x), y1)
+        # the cache decides: a cache that says "dense" for every conv gets dense convs
+        cache = json.loads(path.read_text())
+        path.write_text(json.dumps({k: {**v, "kernel": "dense" if "dense" in v["times_ms"] else v["kernel"]}
+                                    for k, v in cache.items()}))
+        forced = cpu_pipeline()(gm).graph_module
+        assert _choices(forced)["pw"]["kernel"] == _choices(forced)["conv"]["kernel"] == "dense"
+        assert "[dense]" in forced.meta[CPU_KEY]["fused"]["conv"]
+        assert relative_error(forced(x), want) < 1e-5
+        path.unlink()  # cleared: measured again, same outputs
+        again = cpu_pipeline()(gm).graph_module
+        assert all(c["reason"].startswith("measured:") for c in _choices(again).values())
+        assert relative_error(again(x), y1) < 1e-5
+
+
+@needs_fast
+def test_kernel_choice_rule_without_measurement(lowered, tmp_path, monkeypatch):
+    from crisp.passes import cpu_kernel_choice
+
+    gm, x = lowered
+    monkeypatch.setattr(cpu_kernel_choice, "cache_path", lambda: tmp_path / "kernel_choices.json")
+    monkeypatch.setenv(cpu_kernel_choice.TUNE_ENV, "0")
+    off = cpu_pipeline()(gm).graph_module
+    assert all(c["reason"].startswith(f"rule ({cpu_kernel_choice.TUNE_ENV}=0)") for c in _choices(off).values())
+    monkeypatch.setenv(cpu_kernel_choice.TUNE_ENV, "1")
+    monkeypatch.setenv(cpu_kernel_choice.BUDGET_ENV, "0")
+    spent = cpu_pipeline()(gm).graph_module
+    assert all("budget" in c["reason"] for c in _choices(spent).values())
+    assert not (tmp_path / "kernel_choices.json").exists()
+    with torch.no_grad():
+        assert relative_error(off(x), gm(x)) < 1e-5 and torch.equal(off(x), spent(x))
