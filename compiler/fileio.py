@@ -52,3 +52,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, parents: bool = 
 def atomic_write_text(path: str | os.PathLike, text: str, *, parents: bool = False) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; ``parents`` as in :func:`atomic_write_bytes`."""
     return atomic_write_bytes(path, text.encode("utf-8"), parents=parents)
+
+
+def check_writable(path: str | os.PathLike, option: str, *, parents: bool = False) -> Path:
+    """Refuse an output path before any work is done: ``option`` (e.g. ``"--json"``) names it in the
+    message. The folder must exist (or, with ``parents``, be creatable) and be writable; the path
+    must not be a folder."""
+    target = Path(path)
+    if str(path).strip() == "" or target.is_dir():
+        raise OutputError(f"{option} {str(path)!r} is a folder or empty: give a file path")
+    directory = target.parent if str(target.parent) else Path(".")
+    probe = directory
+    while parents and not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"{option} {str(path)!r}: folder {str(directory)!r} does not exist; create it first")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {str(path)!r}: folder {str(probe)!r} is not writable")
+    return target

@@ -7,6 +7,7 @@ import argparse
 
 import crisp
 
+from crisp.fileio import check_writable
 from crisp.report_plot import plot_report
 from crisp.commands.common import add_allocation_arg, add_model_args, add_pattern_args, model_and_input
 
@@ -25,6 +26,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for option, path in (("--json", args.json), ("-o", args.output), ("--plot", args.plot)):
+        if path:
+            check_writable(path, option)  # before the work, not after the whole compile
     model, x = model_and_input(args)
     compiled = crisp.compile(
         model, (x,), target=args.target, pattern=args.pattern, block=args.block, sparsity=args.sparsity,
