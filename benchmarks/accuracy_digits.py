@@ -1,22 +1,23 @@
-"""Accuracy benchmark on scikit-learn's digits: CRISP against its baselines.
+"""Accuracy benchmark on scikit-learn's digits: CRISP against its baselines, on two models.
 
-The in-project small CNN is pretrained on all 10 digits (fixed train split). For user-class
-sets of 2, 3 and 5 classes (5 seeds, classes drawn per seed) it is personalized and pruned at
-80/90/95 % sparsity by every method with the same fine-tuning budget (1 warm-up epoch +
-(steps + 1) x epochs_per_step epochs, batch 16, SGD lr 0.01 momentum 0.9 wd 5e-4, cosine restarted
-in every fine-tune phase; learned masks
-train only their logits with Adam lr 0.05). Accuracy is measured once per run on the
-user-class *test* split, which is never used for choices; the val split drives the per-step
-history only.
+Models: the in-project small CNN (8x8) and a residual bottleneck CNN on digits upsampled to 16x16
+(9 prunable layers: 1x1 and 3x3 convs, residual projections, classifier); both pretrained on all 10
+digits of the pretrain part (40 % of every class). For user-class sets of 2, 3 and 5 classes (classes
+drawn per seed) each model is personalized and pruned by every method with the same fine-tuning
+budget (warm-up + (steps + 1) x epochs_per_step epochs on the user classes' pretrain samples, batch
+16, SGD lr 0.01 momentum 0.9 wd 5e-4, cosine restarted in every phase; learned masks train only
+their logits with Adam lr 0.05). Accuracy is measured on the user classes' held-out samples (60 %
+of every class, never seen in pretraining or fine-tuning; about 216 samples for 2 classes), in two
+fixed folds.
 
-Methods: dense fine-tuned (upper bound), CRISP (2:4 + 32x32 blocks, Taylor), CRISP with
-magnitude saliency, block-only (1:1 pattern, Taylor), N:M-only (1:5 / 1:10 / 1:20, the only
-N:M patterns that reach 80/90/95 %), unstructured magnitude pruning, filter (L1 channel)
-pruning at CRISP's FLOPs ratio, and learned N:M masks inside CRISP-selected blocks.
+Default allocation: chosen on *validation* runs only (their own class sets, seeds 100+), by
+cross-fitting: the choice evaluated on fold f is the allocation with the best validation accuracy
+on the other fold, so no test sample takes part in the choice it is scored under.
 
-Writes benchmarks/results/accuracy_digits.{json,md,png}. Usage:
-    python benchmarks/accuracy_digits.py            # full run (about 15-20 min on 2 cores)
-    python benchmarks/accuracy_digits.py --quick    # one scenario, smoke test
+Writes benchmarks/results/accuracy_digits.{json,md}. Usage:
+    python benchmarks/accuracy_digits.py                 # the grid in the arguments' defaults
+    python benchmarks/accuracy_digits.py --quick         # one scenario per model, a smoke test
+    python benchmarks/accuracy_digits.py --render-only   # rewrite the .md from the .json
 """
 
 from __future__ import annotations
@@ -30,38 +31,30 @@ import platform
 import random
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from accuracy_digits_models import BLOCK, FILTER_CHAINS, INPUT_SIZE, benchmark_split, build, fold_accuracy, pretrain  # noqa: E402
+from accuracy_digits_report import markdown  # noqa: E402
+from accuracy_digits_stats import check_targets, summarize  # noqa: E402
 from digits_baselines import dense_finetune, filter_pruning, flops_ratio, out_positions, unstructured, weight_shapes  # noqa: E402
 
-from crisp.tasks.digits_data import load_digits_split, loader, subset  # noqa: E402
 from crisp.fileio import atomic_write_text  # noqa: E402
-from crisp.tasks.digits import class_accuracy, pretrain_small_cnn  # noqa: E402
-from crisp.sparsity.pattern import Pattern  # noqa: E402
-from crisp.tables import table  # noqa: E402
 from crisp.pruning.prune import prune  # noqa: E402
-from crisp.pruning.targets import find_prunable  # noqa: E402
+from crisp.pruning.targets import find_prunable, max_reachable_sparsity  # noqa: E402
+from crisp.errors import PatternError  # noqa: E402
+from crisp.sparsity.pattern import Pattern  # noqa: E402
+from crisp.sparsity.selection import ALLOCATIONS  # noqa: E402
+from crisp.tasks.digits_data import loader, subset  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-METHODS = ["dense_ft", "crisp_taylor", "crisp_magnitude", "block_only", "nm_only", "unstructured", "filter", "learned"]
-LABELS = {
-    "dense_ft": "dense fine-tuned (upper bound)",
-    "crisp_taylor": "CRISP 2:4 + blocks (Taylor)",
-    "crisp_magnitude": "CRISP 2:4 + blocks (magnitude)",
-    "block_only": "block-only (Taylor)",
-    "nm_only": "N:M-only (1:M)",
-    "unstructured": "unstructured magnitude",
-    "filter": "filter pruning (equal FLOPs)",
-    "learned": "learned N:M masks + blocks",
-}
+VAL_SEED0 = 100
 
 
-def user_class_sets(sizes, seeds):
+def class_sets(sizes, seeds):
     for k in sizes:
         for seed in seeds:
             yield k, seed, sorted(random.Random(1000 + 17 * k + seed).sample(range(10), k))
@@ -72,303 +65,214 @@ def nm_only_pattern(kappa: float, block: int) -> Pattern:
     return Pattern(1, m, m * math.ceil(block / m))
 
 
-def run_scenario(model, split, k, seed, classes, args, positions, shapes, prunable):
-    train = loader(subset(split.train, classes), batch_size=args.batch_size, shuffle=True, seed=seed)
-    val = loader(subset(split.val, classes), batch_size=256)
-    example = split.train.tensors[0][:1]
-    budget = dict(warmup_epochs=args.warmup, epochs_per_step=args.epochs_per_step, steps=args.steps)
-    rows = []
+class Scenario:
+    """One (model, class set, seed): runs methods and records their held-out accuracy per fold."""
 
-    def record(method, kappa, pruned, masks, hist_acc, start, extra=None):
-        acc = class_accuracy(pruned, split.test, classes)
-        kept = sum(int(masks[n].sum()) for n in prunable if n in masks)
-        total = sum(int(torch.Size(shapes[n]).numel()) for n in prunable)
-        row = {
-            "k": k, "seed": seed, "classes": classes, "method": method, "sparsity": kappa,
-            "test_accuracy": acc, "val_accuracy": hist_acc,
-            "achieved_sparsity": 1 - kept / total if masks else 0.0,
-            "flops_ratio": flops_ratio(shapes, masks, positions),
-            "seconds": time.perf_counter() - start,
-        }
+    def __init__(self, w: dict, model_name: str, k: int, seed: int, classes: list[int], phase: str):
+        self.w, self.name, self.k, self.seed, self.classes, self.phase = w, model_name, k, seed, classes, phase
+        self.model, self.held, self.fold = w["models"][model_name], w["held"][model_name], w["fold"][model_name]
+        self.train = loader(subset(w["pretrain"][model_name], classes), batch_size=w["args"].batch_size, shuffle=True, seed=seed)
+        self.rows: list[dict] = []
+
+    def record(self, method, kappa, pruned, masks, start, extra=None):
+        shapes, positions, prunable = self.w["shapes"][self.name], self.w["positions"][self.name], self.w["prunable"][self.name]
+        f0, f1, n = fold_accuracy(pruned, self.held, self.fold, self.classes)
+        kept = sum(int(masks[p].sum()) for p in prunable if p in masks)
+        total = sum(int(torch.Size(shapes[p]).numel()) for p in prunable)
+        row = {"phase": self.phase, "model": self.name, "k": self.k, "seed": self.seed, "classes": self.classes,
+               "method": method, "sparsity": kappa, "fold_accuracy": [f0, f1], "test_accuracy": (f0 + f1) / 2,
+               "test_samples": n, "achieved_sparsity": 1 - kept / total if masks else 0.0,
+               "flops_ratio": flops_ratio(shapes, masks, positions), "seconds": time.perf_counter() - start}
         row.update(extra or {})
-        rows.append(row)
+        self.rows.append(row)
         return row
 
-    start = time.perf_counter()
-    dense, masks, records = dense_finetune(model, train, val, classes, steps=args.steps, warmup=args.warmup,
-                                           epochs=args.epochs_per_step, seed=seed)
-    record("dense_ft", None, dense, masks, records[-1].accuracy, start)
-
-    def crisp_run(name, kappa, **kw):
+    def crisp(self, label, kappa, **kw):
+        a = self.w["args"]
         start = time.perf_counter()
-        opts = dict(pattern="2:4", block=args.block, sparsity=kappa, saliency="taylor", method="crisp",
-                    val_data=val, seed=seed, progress=False, **budget)
+        opts = dict(pattern="2:4", block=BLOCK[self.name], sparsity=kappa, saliency="taylor", method="crisp", seed=self.seed,
+                    progress=False, warmup_epochs=a.warmup, epochs_per_step=a.epochs_per_step, steps=a.steps)
         opts.update(kw)
         if opts.get("steps") == 0:  # a one-step schedule gets the whole budget in that step
-            opts["steps"] = 1
-            opts["epochs_per_step"] = (args.steps + 1) * args.epochs_per_step
-        pruned, hist = prune(model, train, classes=classes, **opts)
-        return record(name, kappa, pruned, hist.masks, hist.final.accuracy, start,
-                      {"mask_change": [round(r.mask_change, 4) for r in hist.steps], "layers": hist.layers})
+            opts["steps"], opts["epochs_per_step"] = 1, (a.steps + 1) * a.epochs_per_step
+        try:
+            pruned, hist = prune(self.model, self.train, classes=self.classes, **opts)
+        except PatternError as exc:  # e.g. block-only cannot reach the target in this model: no row, said in the log
+            print(f"{self.name} {label} at {kappa}: skipped ({exc})", flush=True)
+            return None
+        return self.record(label, kappa, pruned, hist.masks, start, {
+            "allocation": hist.allocation, "mask_change": [round(r.mask_change, 4) for r in hist.steps],
+            "density": hist.density_distribution(), "layers": {n: v["density"] for n, v in hist.layers.items()}})
 
-    for kappa in args.sparsities:
-        crisp_row = crisp_run("crisp_taylor", kappa)
-        crisp_run("crisp_magnitude", kappa, saliency="magnitude")
-        crisp_run("block_only", kappa, pattern="1:1")
-        crisp_run("nm_only", kappa, pattern=nm_only_pattern(kappa, args.block), block=None, steps=0)
-        crisp_run("learned", kappa, method="learned")
-        names = [n for n in prunable]
+
+def validation_runs(s: Scenario) -> None:
+    """Every allocation rule with Taylor and magnitude at the validation sparsities."""
+    for kappa in s.w["args"].val_sparsities:
+        for allocation in ALLOCATIONS:
+            s.crisp(f"crisp_taylor_{allocation}", kappa, allocation=allocation)
+            s.crisp(f"crisp_magnitude_{allocation}", kappa, saliency="magnitude", allocation=allocation)
+
+
+def test_runs(s: Scenario) -> None:
+    a, default = s.w["args"], s.w["default"]
+    start = time.perf_counter()
+    dense, masks, _ = dense_finetune(s.model, s.train, None, s.classes, steps=a.steps, warmup=a.warmup,
+                                     epochs=a.epochs_per_step, seed=s.seed)
+    s.record("dense_ft", None, dense, masks, start)
+    frozen = dict(steps=1, epochs_per_step=0, warmup_epochs=0)
+    s.crisp("magnitude_nm", 0.5, saliency="magnitude", **frozen)  # magnitude 2:4 on the frozen weights
+    s.crisp("learned_nm", 0.5, method="learned", steps=1)  # learned 2:4 (the weights stay frozen)
+    s.crisp("nm_only", 0.5, steps=0)  # 2:4 with fine-tuning
+    for kappa in [kp for kp in a.sparsities if kp <= s.w["reach"][s.name]]:  # reachable with 1 block per row
+        row = s.crisp("crisp_taylor", kappa, allocation=default)
+        s.crisp("crisp_magnitude", kappa, saliency="magnitude", allocation=default)
+        s.crisp("crisp_paper", kappa, allocation="paper")
+        s.crisp("block_only", kappa, pattern="1:1", allocation=default)
+        s.crisp("nm_only", kappa, pattern=nm_only_pattern(kappa, BLOCK[s.name]), block=None, steps=0)
+        s.crisp("learned", kappa, method="learned", allocation=default)
         start = time.perf_counter()
-        sched = [0.5 + (kappa - 0.5) * p / args.steps for p in range(args.steps + 1)]
-        pruned, masks, records = unstructured(model, train, val, classes, names, sched, warmup=args.warmup,
-                                              epochs=args.epochs_per_step, seed=seed)
-        record("unstructured", kappa, pruned, masks, records[-1].accuracy, start)
+        sched = [0.5 + (kappa - 0.5) * p / a.steps for p in range(a.steps + 1)]
+        pruned, masks, _ = unstructured(s.model, s.train, None, s.classes, s.w["prunable"][s.name], sched,
+                                        warmup=a.warmup, epochs=a.epochs_per_step, seed=s.seed)
+        s.record("unstructured", kappa, pruned, masks, start)
         start = time.perf_counter()
-        pruned, masks, records = filter_pruning(model, train, val, classes, crisp_row["flops_ratio"], steps=args.steps,
-                                                warmup=args.warmup, epochs=args.epochs_per_step, seed=seed, example=example)
-        record("filter", kappa, pruned, masks, records[-1].accuracy, start,
-               {"flops_target": crisp_row["flops_ratio"]})
-    return rows
+        example = s.held.tensors[0][:1]
+        pruned, masks, _ = filter_pruning(s.model, s.train, None, s.classes, row["flops_ratio"], steps=a.steps,
+                                          warmup=a.warmup, epochs=a.epochs_per_step, seed=s.seed, example=example,
+                                          chain=FILTER_CHAINS[s.name])
+        s.record("filter", kappa, pruned, masks, start, {"flops_target": row["flops_ratio"]})
 
 
 _WORKER: dict = {}
 
 
-def _init_worker(state: dict, args: argparse.Namespace) -> None:
-    """One single-threaded process per core: two OpenMP threads on a shared 2-core host stall each
-    other whenever one is descheduled, so the benchmark runs scenarios in parallel processes."""
-    from crisp.models import small_cnn
-
+def _init_worker(states: dict, args: argparse.Namespace, default: str | None) -> None:
+    """One single-threaded process per core (two OpenMP threads on a shared 2-core host stall each other)."""
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)  # denormal floats slowed CPU training 2x here; results are unaffected
-    split = load_digits_split()
-    model = small_cnn(num_classes=10, in_channels=1, input_size=8)
-    model.load_state_dict(state)
-    model.eval()
-    _WORKER.update(split=split, model=model, args=args, positions=out_positions(model, split.train.tensors[0][:1]),
-                   shapes=weight_shapes(model),
-                   prunable=[t.weight_name for t in find_prunable(model, Pattern(2, 4, args.block)) if t.prunable])
+    w = {"args": args, "default": default, "models": {}, "pretrain": {}, "held": {}, "fold": {}, "shapes": {},
+         "positions": {}, "prunable": {}, "reach": {}}
+    for name, state in states.items():
+        pre, held, fold = benchmark_split(INPUT_SIZE[name])
+        model = build(name)
+        model.load_state_dict(state)
+        model.eval()
+        w["models"][name], w["pretrain"][name], w["held"][name], w["fold"][name] = model, pre, held, fold
+        w["shapes"][name] = weight_shapes(model)
+        w["positions"][name] = out_positions(model, held.tensors[0][:1])
+        targets = [t for t in find_prunable(model, Pattern(2, 4, BLOCK[name]), (), held.tensors[0][:1]) if t.prunable]
+        w["prunable"][name] = [t.weight_name for t in targets]
+        w["reach"][name] = max_reachable_sparsity(targets, Pattern(2, 4, BLOCK[name]))
+    _WORKER.update(w)
 
 
 def _run_job(job):
-    k, seed, classes = job
-    w = _WORKER
+    phase, name, k, seed, classes = job
     start = time.perf_counter()
-    rows = run_scenario(w["model"], w["split"], k, seed, classes, w["args"], w["positions"], w["shapes"], w["prunable"])
-    return k, seed, classes, rows, time.perf_counter() - start
+    s = Scenario(_WORKER, name, k, seed, classes, phase)
+    (validation_runs if phase == "val" else test_runs)(s)
+    return job, s.rows, time.perf_counter() - start
 
 
-def summarize(rows, sizes, sparsities):
-    table = {}
-    for k in sizes:
-        for kappa in sparsities:
-            for method in METHODS:
-                sel = [r for r in rows if r["k"] == k and r["method"] == method
-                       and (r["sparsity"] == kappa or method == "dense_ft")]
-                if not sel:
-                    continue
-                accs = [100 * r["test_accuracy"] for r in sel]
-                table.setdefault(str(k), {}).setdefault(str(kappa), {})[method] = {
-                    "mean": statistics.fmean(accs),
-                    "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                    "runs": len(accs),
-                    "flops_ratio": statistics.fmean(r["flops_ratio"] for r in sel),
-                    "achieved_sparsity": statistics.fmean(r["achieved_sparsity"] for r in sel),
-                }
-    return table
+def choose_default(val_rows: list[dict]) -> dict:
+    """Per fold f: the allocation whose CRISP-Taylor runs have the best mean accuracy on fold 1 - f."""
+    scores = {}
+    for allocation in ALLOCATIONS:
+        sel = [r for r in val_rows if r["method"] == f"crisp_taylor_{allocation}"]
+        if sel:
+            scores[allocation] = [100 * statistics.fmean(r["fold_accuracy"][f] for r in sel) for f in (0, 1)]
+    by_fold = [max(scores, key=lambda a: (scores[a][1 - f], -ALLOCATIONS.index(a))) for f in (0, 1)]
+    overall = max(scores, key=lambda a: (sum(scores[a]), -ALLOCATIONS.index(a)))
+    return {"val_fold_accuracy": scores, "by_fold": by_fold, "overall": overall}
 
 
-def check_targets(table, sizes, sparsities):
-    out = []
-
-    def m(k, kappa, method):
-        return table[str(k)][str(kappa)][method]["mean"]
-
-    if 0.9 in sparsities:
-        for k in sizes:
-            gap = m(k, 0.9, "dense_ft") - m(k, 0.9, "crisp_taylor")
-            out.append({"target": f"CRISP at 90% within 2 points of dense fine-tuned ({k} classes)",
-                        "met": gap <= 2.0, "detail": f"dense {m(k, 0.9, 'dense_ft'):.2f}, CRISP {m(k, 0.9, 'crisp_taylor'):.2f}, gap {gap:.2f} points"})
-    for other in ("block_only", "filter"):
-        for kappa in sparsities:
-            for k in sizes:
-                a, b = m(k, kappa, "crisp_taylor"), m(k, kappa, other)
-                out.append({"target": f"CRISP >= {other} at {int(100 * kappa)}% ({k} classes)", "met": a >= b,
-                            "detail": f"CRISP {a:.2f} vs {b:.2f}"})
-    t = statistics.fmean(m(k, kp, "crisp_taylor") for k in sizes for kp in sparsities)
-    g = statistics.fmean(m(k, kp, "crisp_magnitude") for k in sizes for kp in sparsities)
-    out.append({"target": "Taylor >= magnitude saliency on average", "met": t >= g,
-                "detail": f"Taylor {t:.2f} vs magnitude {g:.2f} (mean over all class counts and sparsities)"})
-    return out
+def run_pool(jobs, states, args, default, log_prefix, t0, on_progress=None):
+    rows = []
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(args.jobs, initializer=_init_worker, initargs=(states, args, default)) as pool:
+        for job, new, took in pool.imap_unordered(_run_job, jobs):
+            rows += new
+            print(f"{log_prefix} {job[1]} {job[2]} classes seed {job[3]} {job[4]}: {len(new)} runs ({took:.0f}s, "
+                  f"total {(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
+            if on_progress is not None:
+                on_progress(rows)
+    return rows
 
 
-def markdown(result):
-    cfg, summary = result["config"], result["summary"]
-    lines = [
-        "# Accuracy on scikit-learn digits: CRISP vs baselines",
-        "",
-        f"Small CNN pretrained on all 10 digits (test accuracy {100 * result['pretrained_test_accuracy']:.2f}%), "
-        f"personalized and pruned for {', '.join(map(str, cfg['sizes']))} user classes, {len(cfg['seeds'])} seeds each "
-        f"(classes drawn per seed). Budget per run: {cfg['warmup']} warm-up + ({cfg['steps']} + 1) x "
-        f"{cfg['epochs_per_step']} fine-tune epochs, batch {cfg['batch_size']}. Block {cfg['block']}x{cfg['block']}. Mean +- std of accuracy (%) "
-        "on the user-class test split; FLOPs = kept multiply-accumulates / dense over all conv/linear layers. "
-        f"Run time {result['seconds'] / 60:.1f} min wall clock on {result['machine']}; the per-run wall times add up to "
-        f"{sum(r['seconds'] for r in result['runs']) / 60:.1f} min (the host is shared with other jobs, so wall time varies)."
-        + ("" if result.get("complete", True) else " **Partial results: the run has not finished.**"),
-        "",
-    ]
-    for k, per_kappa in summary.items():
-        rows = []
-        for method in METHODS:
-            cells = [LABELS[method]]
-            for kappa, methods in per_kappa.items():
-                s = methods.get(method)
-                cells += ["n/a", "n/a"] if s is None else [f"{s['mean']:.2f} +- {s['std']:.2f}", f"{s['flops_ratio']:.3f}"]
-            rows.append(cells)
-        head = ["method", *(h for s in per_kappa for h in (f"{int(100 * float(s))}% acc", "FLOPs"))]
-        lines += [f"## {k} user classes", "", table(rows, head, fmt="markdown", align="l" + "rr" * len(per_kappa)), ""]
-    lines += ["## Targets", ""]
-    for t in result["targets"]:
-        lines.append(f"- {'MET' if t['met'] else '**MISSED**'}: {t['target']} ({t['detail']})")
-    missed = [t for t in result["targets"] if not t["met"]]
-    lines += ["", f"{len(result['targets']) - len(missed)} of {len(result['targets'])} targets met."
-              + (" Missed targets are reported as measured; nothing was tuned on the test split." if missed else ""), ""]
-    lines += ["## Notes", "",
-              "- Sparsity counts the weights of the pruned layers only (conv2-4, fc1, fc2; conv1 has K=9 < 32 and stays dense).",
-              "- N:M-only uses 1:5, 1:10 and 1:20 (the N:M patterns that reach exactly 80/90/95%); 2:4 alone reaches only 50%.",
-              "- Filter pruning removes the same share of output channels (smallest L1 norm) in conv1-4 and fc1 and the "
-              "matching inputs of the next layer, with the share chosen so its FLOPs equal CRISP-Taylor's in the same run.",
-              "- The classifier keeps all 10 outputs; accuracy is argmax over them.",
-              "- Defaults were chosen on the validation split only: batch 16 and a cosine learning rate that restarts in "
-              "every fine-tune phase (a single cosine over the whole run left the last, largest cut with almost no "
-              "learning rate and collapsed several runs to one class).",
-              "",
-              "## Why CRISP misses its targets here",
-              "",
-              "- Taylor saliency churns the masks. Eq. 1 is |mean over batches of dL/dW * W|; once the model fits the user "
-              "classes (the pretrained CNN already classifies them at about 99%), the mean gradient of the kept weights is "
-              "close to zero, while the pruned weights, which the straight-through estimator keeps training, still carry a "
-              "nonzero mean gradient. On the validation split (5 class sets, 90%) each block step changed about 35% of the "
-              "mask with Taylor against about 15% with magnitude, and the 2-epoch fine-tune after a step does not always "
-              "recover: most of CRISP-Taylor's large std comes from a few such runs. Magnitude saliency is more stable here.",
-              "- The paper's global ranking of column scores (no per-layer normalization) is harsh on this small network: in "
-              "the runs we inspected at 90% it left conv4 (and, with magnitude saliency, also conv2 and conv3) with one kept "
-              "32x32 block per block-row, i.e. 16 inputs per output channel after 2:4, while other layers kept most of "
-              "their blocks. Filter, unstructured and 1:M pruning keep the network's "
-              "structure more evenly and lose almost nothing on 2-5 easy digit classes.",
-              "- Learned masks keep the weights frozen, as in the companion paper: they hold 100% validation accuracy at "
-              "50-70% sparsity (3 classes), but at 80-95% frozen weights cannot make up for the removed blocks.",
-              ""]
-    return "\n".join(lines)
-
-
-def plot(result, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    table = result["summary"]
-    fig, axes = plt.subplots(1, len(table), figsize=(5 * len(table), 4), sharey=True, squeeze=False)
-    for ax, (k, per_kappa) in zip(axes[0], table.items()):
-        kappas = [float(s) for s in per_kappa]
-        for method in METHODS:
-            if method == "dense_ft":
-                d = per_kappa[next(iter(per_kappa))]["dense_ft"]
-                ax.axhline(d["mean"], color="black", linestyle="--", label=LABELS[method])
-                continue
-            ys = [per_kappa[str(kp)][method]["mean"] for kp in kappas]
-            es = [per_kappa[str(kp)][method]["std"] for kp in kappas]
-            ax.errorbar([100 * kp for kp in kappas], ys, yerr=es, marker="o", capsize=3, label=LABELS[method])
-        ax.set_title(f"{k} user classes")
-        ax.set_xlabel("sparsity (%)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("user-class test accuracy (%)")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".crisp-", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
-
-
-def main(argv=None):
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="one scenario (2 classes, 1 seed, 90%%) as a smoke test")
+    p.add_argument("--quick", action="store_true", help="one scenario per model (2 classes, 1 seed, 90%%) as a smoke test")
+    p.add_argument("--models", nargs="+", default=["small_cnn", "residual_cnn"], choices=sorted(INPUT_SIZE))
     p.add_argument("--sizes", type=int, nargs="+", default=[2, 3, 5])
-    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=5, help="test seeds per class count (default 5)")
+    p.add_argument("--deep-seeds", type=int, default=None, help="test seeds for residual_cnn (default: --seeds)")
+    p.add_argument("--val-seeds", type=int, default=2, help="validation seeds per class count for the allocation choice")
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9, 0.95])
+    p.add_argument("--val-sparsities", type=float, nargs="+", default=[0.9])
+    p.add_argument("--val-sizes", type=int, nargs="+", default=None, help="class counts of the validation runs (default: --sizes)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--epochs-per-step", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--block", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--pretrain-epochs", type=int, default=8)
+    p.add_argument("--pretrain-epochs", type=int, default=15)
     p.add_argument("--jobs", type=int, default=2, help="parallel single-threaded worker processes (default 2)")
     p.add_argument("--out", default=RESULTS)
-    p.add_argument("--render-only", action="store_true", help="rewrite the .md and .png from the existing .json")
+    p.add_argument("--render-only", action="store_true", help="rewrite the .md from the existing .json")
     args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.seeds, args.val_seeds, args.sparsities = [2], 1, 1, [0.9]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    json_path, md_path = os.path.join(args.out, "accuracy_digits.json"), os.path.join(args.out, "accuracy_digits.md")
     if args.render_only:
-        with open(os.path.join(args.out, "accuracy_digits.json")) as fh:
+        with open(json_path) as fh:
             result = json.load(fh)
-        atomic_write_text(os.path.join(args.out, "accuracy_digits.md"), markdown(result), parents=True)
-        plot(result, os.path.join(args.out, "accuracy_digits.png"))
+        atomic_write_text(md_path, markdown(result), parents=True)
         print(markdown(result))
         return 0
-    if args.quick:
-        args.sizes, args.seeds, args.sparsities = [2], 1, [0.9]
-    torch.set_num_threads(1)  # see _init_worker: one thread per process
-    torch.set_flush_denormal(True)  # denormal floats slowed CPU training 2x here; results are unaffected
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
     t0 = time.perf_counter()
-    split = load_digits_split()
-    model = pretrain_small_cnn(split, epochs=args.pretrain_epochs, seed=0)
-    pre_acc = class_accuracy(model, split.test, list(range(10)))
-    print(f"pretrained small CNN: test accuracy {100 * pre_acc:.2f}% ({time.perf_counter() - t0:.0f}s)", flush=True)
-    rows = []
+    states, pre_acc = {}, {}
+    for name in args.models:
+        pre, held, _ = benchmark_split(INPUT_SIZE[name])
+        model = pretrain(build(name), pre, epochs=args.pretrain_epochs, seed=0)
+        with torch.no_grad():
+            pre_acc[name] = float((model(held.tensors[0]).argmax(1) == held.tensors[1]).float().mean())
+        states[name] = model.state_dict()
+        print(f"pretrained {name}: held-out accuracy on all digits {100 * pre_acc[name]:.2f}%", flush=True)
+    val_jobs = [("val", m, k, VAL_SEED0 + s, c) for m in args.models for k, s, c in class_sets(args.val_sizes or args.sizes, range(args.val_seeds))]
+    val_rows = run_pool(val_jobs, states, args, None, "validation", t0)
+    choice = choose_default(val_rows)
+    default = choice["by_fold"][0] if choice["by_fold"][0] == choice["by_fold"][1] else choice["overall"]
+    print(f"default allocation by validation: {default} ({choice})", flush=True)
+    seeds = {m: args.seeds if m == "small_cnn" or args.deep_seeds is None else args.deep_seeds for m in args.models}
+    jobs = [("test", m, k, s, c) for m in args.models for k, s, c in class_sets(args.sizes, range(seeds[m]))]
 
-    def write(final: bool) -> dict:
-        done = sorted({r["k"] for r in rows})
-        table = summarize(rows, done, args.sparsities)
-        complete = [k for k in done if sum(r["k"] == k and r["method"] == "dense_ft" for r in rows) == args.seeds]
-        result = {
-            "config": {"sizes": args.sizes, "seeds": list(range(args.seeds)), "sparsities": args.sparsities, "steps": args.steps,
-                       "epochs_per_step": args.epochs_per_step, "warmup": args.warmup, "block": args.block,
-                       "pretrain_epochs": args.pretrain_epochs, "batch_size": args.batch_size, "jobs": args.jobs,
-                       "quick": args.quick},
-            "complete": final,
-            "machine": f"{platform.machine()} CPU, {args.jobs} single-threaded worker processes (shared host), torch {torch.__version__}",
-            "pretrained_test_accuracy": pre_acc,
-            "summary": table,
-            "targets": check_targets(table, complete, args.sparsities) if complete else [],
-            "runs": rows,
-            "seconds": time.perf_counter() - t0,
-        }
-        os.makedirs(args.out, exist_ok=True)
-        atomic_write_text(os.path.join(args.out, "accuracy_digits.json"), json.dumps(result, indent=2), parents=True)
-        atomic_write_text(os.path.join(args.out, "accuracy_digits.md"), markdown(result), parents=True)
+    def write(rows, complete=False):
+        rows.sort(key=lambda r: (r["model"], r["k"], r["seed"], r["method"], r["sparsity"] or 0))
+        result = _result(args, seeds, pre_acc, choice, default, val_rows, rows, time.perf_counter() - t0, complete)
+        atomic_write_text(json_path, json.dumps(result, indent=2), parents=True)
+        atomic_write_text(md_path, markdown(result), parents=True)
         return result
 
-    jobs = sorted(user_class_sets(args.sizes, range(args.seeds)), key=lambda j: (-j[0], j[1]))  # longest first
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(args.jobs, initializer=_init_worker, initargs=(model.state_dict(), args)) as pool:
-        for k, seed, classes, new, took in pool.imap_unordered(_run_job, jobs):
-            rows += new
-            rows.sort(key=lambda r: (r["k"], r["seed"], METHODS.index(r["method"]), r["sparsity"] or 0))
-            short = ", ".join(f"{r['method']}@{r['sparsity']}={100 * r['test_accuracy']:.1f}" for r in new
-                              if r["method"] in ("dense_ft", "crisp_taylor"))
-            print(f"{k} classes seed {seed} {classes}: {short} ({took:.0f}s, total {(time.perf_counter() - t0) / 60:.1f} min)",
-                  flush=True)
-            write(final=False)  # partial results survive an interrupted run
-    result = write(final=True)
-    png = plot(result, os.path.join(args.out, "accuracy_digits.png"))
-    print(markdown(result))
-    print(f"wrote {args.out}/accuracy_digits.json, .md" + (", .png" if png else " (no matplotlib: no plot)"))
+    rows = run_pool(sorted(jobs, key=lambda j: (j[1] != "residual_cnn", -j[2])), states, args, default, "test", t0, write)
+    print(markdown(write(rows, complete=True)))
     return 0
+
+
+def _result(args, seeds, pre_acc, choice, default, val_rows, rows, seconds, complete) -> dict:
+    return {
+        "config": dict(vars(args), seeds_per_model=seeds),
+        "machine": f"{platform.machine()} CPU, {args.jobs} single-threaded worker processes on a 2-core host shared with "
+                   f"4 other jobs, torch {torch.__version__}",
+        "pretrained_heldout_accuracy": pre_acc, "allocation_choice": choice, "default_allocation": default,
+        "summary": summarize(rows), "targets": check_targets(rows, args.models, args.sizes, args.sparsities),
+        "validation_runs": val_rows, "runs": rows, "seconds": seconds, "complete": complete,
+    }
 
 
 if __name__ == "__main__":

@@ -12,15 +12,14 @@ from torch import nn
 from crisp.pruning.class_data import ClassBatches
 from crisp.pruning.loop import SteMasker, run_schedule
 
-# the small CNN's chain: producer layer -> (its weight, the consumer weight, inputs per channel)
+# the small CNN's chain: (producer weight, consumer weights, inputs per channel of the consumer)
 FILTER_CHAIN = [
-    ("conv1.weight", "conv2.weight", 1),
-    ("conv2.weight", "conv3.weight", 1),
-    ("conv3.weight", "conv4.weight", 1),
-    ("conv4.weight", "fc1.weight", 4),  # AdaptiveAvgPool2d(2) + flatten: 4 inputs per channel
-    ("fc1.weight", "fc2.weight", 1),
+    ("conv1.weight", ["conv2.weight"], 1),
+    ("conv2.weight", ["conv3.weight"], 1),
+    ("conv3.weight", ["conv4.weight"], 1),
+    ("conv4.weight", ["fc1.weight"], 4),  # AdaptiveAvgPool2d(2) + flatten: 4 inputs per channel
+    ("fc1.weight", ["fc2.weight"], 1),
 ]
-ALL_WEIGHTS = ["conv1.weight", "conv2.weight", "conv3.weight", "conv4.weight", "fc1.weight", "fc2.weight"]
 
 
 def out_positions(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
@@ -51,6 +50,10 @@ def flops_ratio(shapes: dict[str, tuple[int, ...]], masks: dict[str, torch.Tenso
     return kept / dense
 
 
+def _val(val_data, classes):
+    return None if val_data is None else ClassBatches(val_data, classes, name="val_data")
+
+
 def _fit(model, masker, train, val, schedule, *, warmup, epochs, saliency="magnitude", lr=0.01):
     return run_schedule(model, masker, train, val, schedule=schedule, saliency=saliency, warmup_epochs=warmup,
                         epochs_per_step=epochs, lr=lr, progress=False)
@@ -61,7 +64,7 @@ def dense_finetune(model, train_data, val_data, classes, *, steps, warmup, epoch
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         masker = SteMasker(work, [], lambda s, t: {})
-        records = _fit(work, masker, ClassBatches(train_data, classes), ClassBatches(val_data, classes, name="val_data"),
+        records = _fit(work, masker, ClassBatches(train_data, classes), _val(val_data, classes),
                        [0.0] * (steps + 1), warmup=warmup, epochs=epochs)
         masker.bake()
     return work.eval(), {}, records
@@ -85,17 +88,18 @@ def unstructured(model, train_data, val_data, classes, names, schedule, *, warmu
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         masker = SteMasker(work, names, unstructured_select)
-        records = _fit(work, masker, ClassBatches(train_data, classes), ClassBatches(val_data, classes, name="val_data"),
+        records = _fit(work, masker, ClassBatches(train_data, classes), _val(val_data, classes),
                        schedule, warmup=warmup, epochs=epochs)
         masks = masker.bake()
     return work.eval(), masks, records
 
 
-def filter_masks(shapes: dict[str, tuple[int, ...]], ratio: float, norms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def filter_masks(shapes: dict[str, tuple[int, ...]], ratio: float, norms: dict[str, torch.Tensor],
+                 chain=FILTER_CHAIN) -> dict[str, torch.Tensor]:
     """Keep the ``ratio`` share of output channels (largest L1 norm) of every producer layer and
-    drop the matching inputs of its consumer."""
-    masks = {n: torch.ones(shapes[n], dtype=torch.bool) for n in ALL_WEIGHTS}
-    for producer, consumer, per_channel in FILTER_CHAIN:
+    drop the matching inputs of its consumers."""
+    masks = {n: torch.ones(shapes[n], dtype=torch.bool) for n in chain_weights(chain)}
+    for producer, consumers, per_channel in chain:
         score = norms[producer]
         channels = score.numel()
         keep = max(1, int(round(ratio * channels)))
@@ -103,40 +107,49 @@ def filter_masks(shapes: dict[str, tuple[int, ...]], ratio: float, norms: dict[s
         kept[torch.topk(score, keep, sorted=False).indices] = True
         masks[producer] &= kept.view(-1, *([1] * (len(shapes[producer]) - 1)))
         cols = kept.repeat_interleave(per_channel)
-        masks[consumer] &= cols.view(1, -1, *([1] * (len(shapes[consumer]) - 2)))
+        for consumer in consumers:
+            masks[consumer] &= cols.view(1, -1, *([1] * (len(shapes[consumer]) - 2)))
     return masks
 
 
-def filter_select_for(shapes: dict[str, tuple[int, ...]], positions: dict[str, int]):
+def chain_weights(chain) -> list[str]:
+    names = []
+    for producer, consumers, _ in chain:
+        names += [n for n in [producer, *consumers] if n not in names]
+    return names
+
+
+def filter_select_for(shapes: dict[str, tuple[int, ...]], positions: dict[str, int], chain=FILTER_CHAIN):
     """A select function that, given a target FLOPs ratio (passed as 1 - target), picks the channel
     share by bisection."""
 
     def select(saliency: dict[str, torch.Tensor], target: float) -> dict[str, torch.Tensor]:
         want = 1.0 - target  # the loop passes "sparsity"; here it is 1 - FLOPs ratio
-        norms = {p: saliency[p].flatten(1).sum(1) if saliency[p].dim() > 1 else saliency[p] for p, _, _ in FILTER_CHAIN}
+        norms = {p: saliency[p].flatten(1).sum(1) if saliency[p].dim() > 1 else saliency[p] for p, _, _ in chain}
         lo, hi = 0.0, 1.0
         for _ in range(30):
             mid = (lo + hi) / 2
-            if flops_ratio(shapes, filter_masks(shapes, mid, norms), positions) > want:
+            if flops_ratio(shapes, filter_masks(shapes, mid, norms, chain), positions) > want:
                 hi = mid
             else:
                 lo = mid
-        best = min((lo, hi), key=lambda r: abs(flops_ratio(shapes, filter_masks(shapes, r, norms), positions) - want))
-        return filter_masks(shapes, best, norms)
+        best = min((lo, hi), key=lambda r: abs(flops_ratio(shapes, filter_masks(shapes, r, norms, chain), positions) - want))
+        return filter_masks(shapes, best, norms, chain)
 
     return select
 
 
-def filter_pruning(model, train_data, val_data, classes, flops_target, *, steps, warmup, epochs, seed, example):
+def filter_pruning(model, train_data, val_data, classes, flops_target, *, steps, warmup, epochs, seed, example,
+                   chain=FILTER_CHAIN):
     work = copy.deepcopy(model)
     positions = out_positions(work, example)
     shapes = weight_shapes(work)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        masker = SteMasker(work, ALL_WEIGHTS, filter_select_for(shapes, positions))
+        masker = SteMasker(work, chain_weights(chain), filter_select_for(shapes, positions, chain))
         # FLOPs falls linearly from 1 to the target over the steps (passed to the loop as 1 - FLOPs)
         schedule = [(1 - flops_target) * (p + 1) / (steps + 1) for p in range(steps + 1)]
-        records = _fit(work, masker, ClassBatches(train_data, classes), ClassBatches(val_data, classes, name="val_data"),
+        records = _fit(work, masker, ClassBatches(train_data, classes), _val(val_data, classes),
                        schedule, warmup=warmup, epochs=epochs)
         masks = masker.bake()
     return work.eval(), masks, records
