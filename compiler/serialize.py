@@ -54,9 +54,10 @@ def _example_inputs(graph_module: torch.fx.GraphModule) -> tuple:
 def export_program(module: torch.nn.Module, inputs: tuple, what: str) -> bytes:
     """``torch.export`` ``module`` (batch dimension dynamic if possible) and return the .pt2 bytes."""
     dynamic = tuple({0: torch.export.Dim.AUTO} if x.dim() else None for x in inputs)
+    batch2 = tuple(torch.cat([x, x]) if x.dim() and x.shape[0] == 1 else x for x in inputs)  # a batch of 1 specializes
     try:
         try:
-            ep = torch.export.export(module, inputs, dynamic_shapes=dynamic, strict=False)
+            ep = torch.export.export(module, batch2, dynamic_shapes=dynamic, strict=False)
         except Exception:  # shape-specialized graphs: keep the example batch size
             ep = torch.export.export(module, inputs, strict=False)
     except Exception as exc:

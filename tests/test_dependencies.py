@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-DISTRIBUTION = {"sklearn": "scikit-learn", "onnx_graphsurgeon": "onnx-graphsurgeon", "google": "protobuf"}
+DISTRIBUTION = {"sklearn": "scikit-learn", "onnx_graphsurgeon": "onnx-graphsurgeon", "google": "protobuf", "PIL": "pillow"}
 TOOLS = {"ninja"}  # run by torch.utils.cpp_extension, never imported
 
 
@@ -38,14 +38,14 @@ def _imported() -> set[str]:
 def test_declared_dependencies_are_exactly_the_imported_ones():
     extras = PYPROJECT["project"]["optional-dependencies"]
     core = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
-    optional = {_name(r) for key in ("digits", "bench", "plot") for r in extras[key]}
+    optional = {_name(r) for key in ("digits", "bench", "plot", "images") for r in extras[key]}
     assert _imported() == (core | optional) - TOOLS
     assert not core & optional
 
 
 def test_the_dev_extra_brings_every_extra_and_the_test_tools():
     dev = PYPROJECT["project"]["optional-dependencies"]["dev"]
-    assert "crisp[digits,bench,plot]" in dev
+    assert "crisp[digits,bench,plot,images]" in dev
     assert {"pytest", "hypothesis", "import-linter"} <= {_name(r) for r in dev}
 
 

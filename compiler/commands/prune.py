@@ -1,4 +1,6 @@
-"""``crisp prune``: CRISP on the built-in digits task (scikit-learn digits, small CNN).
+"""``crisp prune``: CRISP on the built-in digits task (scikit-learn digits, small CNN), or on the
+user's model and data (``--model SPEC --data DIR|FILE.npz --classes NAME... -o model.crisp``, see
+:mod:`crisp.commands.prune_user`).
 
 Pretrains the small CNN on all 10 digits (or loads ``--checkpoint``), personalizes and prunes it
 for ``--classes``, prints one line per step and the test accuracy on the user classes.
@@ -13,13 +15,17 @@ import pickle
 import torch
 
 from crisp.commands.common import add_allocation_arg, add_pattern_args
+from crisp.commands import prune_user
 from crisp.fileio import atomic_write_text, check_writable
 from crisp.sparsity.selection import density_line
 
 
 def register(sub) -> None:
-    p = sub.add_parser("prune", help="personalize and prune the small CNN on the built-in digits task")
-    p.add_argument("--classes", type=int, nargs="+", required=True, metavar="ID", help="user classes (digits 0-9)")
+    p = sub.add_parser("prune", help="personalize and prune a model for a few classes (your --model and --data, "
+                                     "or the built-in digits task)")
+    p.add_argument("--classes", nargs="+", required=True, metavar="NAME",
+                   help="user classes: folder names of --data DIR, label ids of --data FILE.npz, or digits 0-9")
+    prune_user.add_user_data_args(p)
     add_pattern_args(p)
     add_allocation_arg(p)
     p.add_argument("--steps", type=int, default=3, help="block-pruning steps after the N:M step (default 3)")
@@ -31,7 +37,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pretrain-epochs", type=int, default=8, help="epochs of pretraining on all digits (default 8)")
     p.add_argument("--checkpoint", metavar="PATH", help="load a pretrained small-CNN state_dict instead of pretraining")
-    p.add_argument("--output", metavar="PATH", help="save {'state_dict', 'masks', 'history'} of the pruned model")
+    p.add_argument("-o", "--output", metavar="PATH", help="with --data: the compiled model (.crisp); digits: {'state_dict', "
+                   "'masks', 'history'} of the pruned model")
     p.add_argument("--json", metavar="PATH", help="write the history as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-step lines")
     p.set_defaults(func=run)
@@ -55,6 +62,14 @@ def _run(args: argparse.Namespace) -> int:
     from crisp.models import small_cnn
     from crisp.pruning.prune import prune
 
+    if args.data or args.model:
+        if not args.data:
+            raise DataError("--model needs --data DIR|FILE.npz (your samples of --classes)")
+        return prune_user.run(args)
+    try:
+        args.classes = [int(c) for c in args.classes]
+    except ValueError as exc:
+        raise DataError(f"--classes {args.classes}: the digits task takes digit ids 0-9 (class names need --data)") from exc
     split = load_digits_split()
     if args.checkpoint:
         model = small_cnn(num_classes=10, in_channels=1, input_size=8)

@@ -70,6 +70,13 @@ def test_round_trip_is_bit_identical(saved, target):
         assert torch.allclose(loaded(X), reference(X), rtol=1e-4, atol=1e-5)
 
 
+def test_a_batch_of_one_still_loads_with_any_batch(tmp_path):
+    c = crisp.compile(_model(), (X[:1],), target="reference", pattern="2:4", block=16, sparsity=0.8)
+    c.save(tmp_path / "one.crisp")
+    x = torch.randn(3, 3, 12, 12)
+    assert torch.equal(crisp.load(tmp_path / "one.crisp")(x), c(x))
+
+
 def test_loaded_model_exports_onnx_and_simulates(saved, tmp_path):
     import onnxruntime as ort
 
