@@ -31,6 +31,7 @@ import crisp
 from crisp.fileio import atomic_write_bytes, atomic_write_text
 from crisp.models import build
 from crisp.models.registry import input_shape
+from crisp.runtime import cpu_capability as isa
 from crisp.runtime import fast_kernel
 from crisp.bench import cpu_peers as cpu_bench
 from crisp.bench.kernel_alternatives import kernel_alternatives
@@ -41,6 +42,7 @@ from cpu_runtime_report import TARGET_LAYER_EFFICIENCY, lookup, markdown  # noqa
 RESULTS = Path(__file__).parent / "results"
 TARGET = {"model": "resnet50", "block": 32, "sparsity": 0.9, "batch": 1, "threads": 2}
 TARGET_SPEEDUPS = {"onnxruntime_dense": 3.0, "torch_dense": 5.0, "torch_bsr": 2.0, "scipy_bsr": 2.0}
+ORT_TARGET = {"avx512": 4.0, "avx2": 3.0}  # the onnxruntime target per ISA path (the portable path: the AVX2 one)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="skip timing the kernel alternatives (C++ kernels vs vectorized torch vs reference)")
     p.add_argument("--quick", action="store_true", help="only the target configuration (ResNet-50, B32, 90%%, batch 1, 2 threads)")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--isa", default=None, choices=isa.CAPABILITIES,
+                   help="force one ISA path (CRISP_CPU_CAPABILITY); results of a path other than the best one are "
+                        "written as cpu_runtime_<isa>.*")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.blocks, args.sparsities, args.batches, args.threads = "resnet50", "32", "0.9", "1", "2"
@@ -91,7 +96,8 @@ def environment() -> dict:
         "cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
         "scipy": scipy.__version__, "numpy": numpy.__version__, "crisp_commit": run(["git", "rev-parse", "--short", "HEAD"]),
-        "fast_kernels": fast_kernel.available(), "channel_kernel": fast_kernel.available() and fast_kernel.channel_kernel_available(),
+        "fast_kernels": fast_kernel.available(), "cpu_isa": fast_kernel.cpu_capability(), "cpu_paths": list(isa.supported()),
+        "cpu_flags": " ".join(sorted(isa.cpu_flags())),
         "load_average_start": os.getloadavg(),
     }
 
@@ -206,7 +212,8 @@ def check_targets(data) -> list[dict]:
     out = []
     base = {k: TARGET[k] for k in ("model", "block", "sparsity", "batch", "threads")}
     cpu = lookup(data["records"], **base, method="crisp_cpu")
-    for method, need in TARGET_SPEEDUPS.items():
+    speedups = {**TARGET_SPEEDUPS, "onnxruntime_dense": ORT_TARGET.get(data["environment"].get("cpu_isa"), 3.0)}
+    for method, need in speedups.items():
         peer = lookup(data["records"], **base, method=method)
         if cpu is None or peer is None or "median_ms" not in cpu or "median_ms" not in peer:
             out.append({"target": f"ResNet-50 >= {need:g}x faster than {method}", "value": None, "met": None})
@@ -313,14 +320,23 @@ def plot(data) -> bytes:
     return buf.getvalue()
 
 
+def result_stem(data: dict) -> str:
+    """``cpu_runtime`` for the best path of the CPU, ``cpu_runtime_<isa>`` for a forced lower one."""
+    env = data["environment"]
+    return "cpu_runtime" if env["cpu_isa"] == env["cpu_paths"][0] else f"cpu_runtime_{env['cpu_isa']}"
+
+
 def write_results(data: dict, out: Path) -> None:
-    atomic_write_text(out / "cpu_runtime.json", json.dumps(data, indent=1))
-    atomic_write_text(out / "cpu_runtime.md", markdown(data))
-    atomic_write_bytes(out / "cpu_runtime.png", plot(data))
+    stem = result_stem(data)
+    atomic_write_text(out / f"{stem}.json", json.dumps(data, indent=1))
+    atomic_write_text(out / f"{stem}.md", markdown(data))
+    atomic_write_bytes(out / f"{stem}.png", plot(data))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.isa:
+        os.environ[isa.CAPABILITY_ENV] = args.isa
     if not fast_kernel.available():
         print(f"fast kernels unavailable: {fast_kernel.unavailable_reason()}", file=sys.stderr)
     data = {"environment": environment(), "config": vars(args)}
@@ -334,7 +350,7 @@ def main(argv=None) -> int:
         write_results(data, out)
 
     write(run_grid(args, on_model_done=write))
-    print(f"\nwrote {out / 'cpu_runtime.json'}, .md and .png")
+    print(f"\nwrote {out / result_stem(data)}.json, .md and .png ({data['environment']['cpu_isa']} path)")
     for t in data["targets"]:
         status = "not measured" if t["met"] is None else ("met" if t["met"] else "MISSED")
         print(f"  {t['target']}: {t['value']} {t.get('detail', '')} -> {status}")

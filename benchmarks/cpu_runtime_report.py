@@ -118,6 +118,8 @@ def markdown(data) -> str:
              f"{env['load_average_start'][0]:.1f} at start, {env['load_average_end'][0]:.1f} at end), torch {env['torch']}, "
              f"onnxruntime {env['onnxruntime']}, scipy {env['scipy']}, crisp {env['crisp_commit']}. Wall-clock medians "
              "after warm-up; pattern 2:4. Times in ms; `x` columns are how many times faster crisp cpu is.", "",
+             f"**Kernel path: {env.get('cpu_isa', '?')}** (this CPU runs {', '.join(env.get('cpu_paths', []))}; "
+             f"`CRISP_CPU_CAPABILITY` forces one). CPU flags: `{env.get('cpu_flags', '')}`.", "",
              f"Grid: models {cfg['models']}, blocks {cfg['blocks']}, sparsities {cfg['sparsities']}, batches "
              f"{cfg['batches']} (batches other than 1 for blocks {cfg['big_batch_blocks']}), threads {cfg['threads']}; "
              f"reference kernel timed at: {cfg['reference']}; scipy.sparse is single-threaded, so its 2-thread rows repeat "

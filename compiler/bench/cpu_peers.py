@@ -32,7 +32,8 @@ from crisp.sparsity.gemm_view import pad_to_blocks, weight_to_gemm
 from crisp.ir.batchnorm import fold_batchnorms
 from crisp.ir.layer_info import LayerInfo
 from crisp.runtime import fast_kernel
-from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
+from crisp.runtime.packed_weight import ChannelPackedWeight
+from crisp.passes.cpu_kernel_choice import candidates
 from crisp.errors import CrispError
 from crisp.bench.timing import Timing, measure
 from crisp.tables import table
@@ -170,6 +171,8 @@ class LayerTiming:
     # the share of weight blocks kept (density x m/n): the bound of a kernel that skips pruned
     # blocks but does the dense work inside kept ones; limit_ms counts the N:M skipping as well
     block_density: float = float("nan")
+    isa: str = ""  # the ISA path the kernel ran on
+    why: str = ""  # why the compile chose this kernel (measured, cached, rule)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -203,10 +206,11 @@ def per_layer_times(model: nn.Module, compiled, x: torch.Tensor, **measure_kw) -
             module = folded.get_submodule(info.name)
             xi = inputs[info.name]
             bias = None if module.bias is None else module.bias.detach()
-            channel = (info.kind == "conv" and ChannelPackedWeight.supports(info.compact, info.weight_shape[1],
-                                                                         fast_kernel.channel_max_m()))
-            packed = (ChannelPackedWeight.from_compact(info.compact, info.weight_shape[1]) if channel
-                      else PackedHybridWeight.from_compact(info.compact))
+            chosen = compiled.artifacts.get("kernel_choices", {}).get(info.name, {})
+            options = candidates(info.compact, info.weight_shape[1], info.kind == "conv")
+            kernel = chosen.get("kernel") if chosen.get("kernel") in options else next(iter(options))
+            packed = options[kernel]  # the kernel the compiled model runs for this layer
+            channel = isinstance(packed, ChannelPackedWeight)
             density = float(info.mask.sum()) / info.mask.numel()
             if isinstance(module, nn.Conv2d):
                 cl_module = copy.deepcopy(module).to(memory_format=torch.channels_last)
@@ -225,8 +229,9 @@ def per_layer_times(model: nn.Module, compiled, x: torch.Tensor, **measure_kw) -
             limit = dense * density
             pattern = info.compact.pattern
             out.append(LayerTiming(info.name, info.kind_label, tuple(xi.shape), density, dense, fast.median_ms, limit,
-                                   limit / fast.median_ms, "channel" if channel else "rows", dense_cpu, fast.cpu_median_ms,
-                                   min(1.0, density * pattern.m / pattern.n)))
+                                   limit / fast.median_ms, kernel, dense_cpu, fast.cpu_median_ms,
+                                   min(1.0, density * pattern.m / pattern.n), chosen.get("isa", fast_kernel.cpu_capability()),
+                                   chosen.get("reason", "")))
     return out
 
 
@@ -343,9 +348,10 @@ def model_table(results: dict[str, dict]) -> str:
 
 def layer_table(layers: list[LayerTiming]) -> str:
     rows = [[t.name, t.kind, "x".join(map(str, t.input_shape[1:])), f"{t.density:.3f}", f"{t.dense_ms:.3f}",
-             f"{t.crisp_ms:.3f}", f"{t.limit_ms:.3f}", f"{t.efficiency:.2f}", t.kernel] for t in layers]
-    return table(rows, ["layer", "kind", "input", "density", "dense ms", "crisp ms", "limit ms", "limit/crisp", "kernel"],
-                 fmt="markdown", align="lllrrrrrl")
+             f"{t.crisp_ms:.3f}", f"{t.limit_ms:.3f}", f"{t.efficiency:.2f}", t.kernel, t.isa,
+             t.why.split(":")[0]] for t in layers]
+    return table(rows, ["layer", "kind", "input", "density", "dense ms", "crisp ms", "limit ms", "limit/crisp", "kernel",
+                        "isa", "chosen by"], fmt="markdown", align="lllrrrrrlll")
 
 
 # ---------------------------------------------------------------------------- memory

@@ -44,7 +44,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: fast kernels unavailable ({compiled.artifacts.get('reason')}); crisp_cpu is skipped")
         methods = tuple(m for m in methods if m != "crisp_cpu")
     print(f"\n{args.model}, input {tuple(x.shape)}, pattern {args.pattern} in {args.block}x{args.block} blocks, "
-          f"sparsity {compiled.sparsity:.3f}, {args.threads} thread(s)\n")
+          f"sparsity {compiled.sparsity:.3f}, {args.threads} thread(s)")
+    if compiled.artifacts.get("cpu_kernels") == "fast":
+        print(f"CPU {compiled.artifacts['cpu']}, kernel path {compiled.artifacts['cpu_isa']} "
+              f"(CRISP_CPU_CAPABILITY forces avx512, avx2 or default)")
+    print()
     results = cpu_bench.compare_model(model, x, compiled, block=args.block, threads=args.threads, methods=methods,
                                       budget_s=args.budget)
     print(cpu_bench.model_table(results))
