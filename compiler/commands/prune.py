@@ -23,7 +23,7 @@ from crisp.sparsity.selection import density_line
 def register(sub) -> None:
     p = sub.add_parser("prune", help="personalize and prune a model for a few classes (your --model and --data, "
                                      "or the built-in digits task)")
-    p.add_argument("--classes", nargs="+", required=True, metavar="NAME",
+    p.add_argument("--classes", nargs="+", metavar="NAME",
                    help="user classes: folder names of --data DIR, label ids of --data FILE.npz, or digits 0-9")
     prune_user.add_user_data_args(p)
     add_pattern_args(p)
@@ -62,6 +62,9 @@ def _run(args: argparse.Namespace) -> int:
     from crisp.models import small_cnn
     from crisp.pruning.prune import prune
 
+    if not args.classes:
+        raise DataError("crisp prune needs --classes: the user's classes (folder names with --data DIR, "
+                        "label ids with --data FILE.npz, digits 0-9 on the built-in task)")
     if args.data or args.model:
         if not args.data:
             raise DataError("--model needs --data DIR|FILE.npz (your samples of --classes)")
