@@ -3,6 +3,8 @@ geometry, read the same way by the fx path, the ONNX path and ``crisp.prune``.
 
 Prunable: a Linear, or a 2-D convolution with one group, zero padding the same on both sides, whose
 reduction K is at least one block, whose weight no other call shares and which the user did not exclude.
+A subclass of ``nn.Conv2d`` / ``nn.Linear`` that keeps the parent's forward is such a layer
+(:func:`layer_kind`); every other conv-like or linear-like module or call is reported dense with its reason.
 """
 
 from __future__ import annotations
