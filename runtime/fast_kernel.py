@@ -35,6 +35,7 @@ import hashlib
 import os
 import platform
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -86,6 +87,22 @@ def build_key(capability: str) -> str:
     return h.hexdigest()[:16]
 
 
+STALE_LOCK_S = 15 * 60  # no build of the kernels takes this long; an older lock was left by a killed build
+
+
+def _clear_stale_build_lock(directory: Path) -> None:
+    """Remove the build lock a killed build left behind; torch would otherwise wait on it forever."""
+    lock = directory / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > STALE_LOCK_S:
+        warnings.warn(f"crisp: removing the stale kernel build lock {lock} ({age / 60:.0f} min old, "
+                      "left by a build that was killed)", stacklevel=3)
+        lock.unlink(missing_ok=True)
+
+
 def _build_and_load(capability: str) -> str:
     """Compile (or reuse) one path's extension and load it into this process; returns the library path."""
     from torch.utils import cpp_extension
@@ -93,6 +110,7 @@ def _build_and_load(capability: str) -> str:
     name = f"crisp_cpu_{capability}_{build_key(capability)}"
     directory = cache_dir() / "extensions" / name
     directory.mkdir(parents=True, exist_ok=True)
+    _clear_stale_build_lock(directory)
     return cpp_extension.load(
         name=name,
         sources=[str(SOURCE)],

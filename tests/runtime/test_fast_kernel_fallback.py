@@ -137,3 +137,21 @@ def test_build_failure_in_a_fresh_process(tmp_path):
     assert result["kernels"] == "reference"
     assert len(result["warnings"]) == 1 and "reference kernel" in result["warnings"][0]
     assert result["error"] < 1e-4
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
+    """A build killed mid-way leaves torch's lock file behind; the next build must not wait on it forever."""
+    import os
+    import time
+
+    from crisp.runtime import fast_kernel
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    fast_kernel._clear_stale_build_lock(tmp_path)
+    assert lock.exists()  # a build may be running right now
+    old = time.time() - fast_kernel.STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    with pytest.warns(UserWarning, match="stale kernel build lock"):
+        fast_kernel._clear_stale_build_lock(tmp_path)
+    assert not lock.exists()
