@@ -24,7 +24,7 @@ from torch import nn
 
 from crisp.pruning.class_data import ClassBatches, DataError, num_outputs, reiterable, validate_classes
 from crisp.errors import CrispError, ModelError
-from crisp.validate import check_bool, check_callable, check_names_in, check_number, check_seed
+from crisp.validate import check_bool, check_callable, check_model, check_names_in, check_number, check_seed
 from crisp.pruning.head import shrink_head as shrink_classifier
 from crisp.sparsity.pattern import Pattern, check_sparsity, resolve_pattern
 from crisp.pruning.loop import (
@@ -127,8 +127,7 @@ def prune(
     each :class:`StepRecord`. ``exclude`` names layers to keep dense. ``allocation``: how the
     global target is shared among layers (:data:`crisp.sparsity.selection.ALLOCATIONS`).
     """
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model, "prune")
     pat = resolve_pattern(pattern, None if isinstance(pattern, Pattern) else block)
     kappa = check_sparsity(sparsity, pat)
     _check_options(method, saliency, allocation, epochs_per_step, warmup_epochs)
