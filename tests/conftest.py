@@ -63,6 +63,18 @@ def max_relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
 
 
+def max_error_vs_float32_bound(got: torch.Tensor, want: torch.Tensor, magnitude: torch.Tensor, terms: int,
+                               rel: float = 1e-5) -> float:
+    """``max_relative_error`` that does not fail where a sum's terms cancel: the largest
+    ``|got - want|`` over ``rel`` times the result's scale, the larger of the largest ``|want|`` and
+    the typical size of a ``terms``-term sum of these terms, ``max(magnitude) / sqrt(terms)``, where
+    ``magnitude`` is the same sum over absolute values (``|x| @ |w|``). On random data the two agree
+    (the test is as strict as ``max_relative_error``); a single output of -0.04 from twenty products
+    of size 1 no longer fails on float32 rounding. At most 1 means equal."""
+    scale = torch.maximum(want.abs().max(), magnitude.abs().max() / max(1, terms) ** 0.5)
+    return float((got - want).abs().max() / (rel * scale.clamp_min(1e-12)))
+
+
 @pytest.fixture(scope="module")
 def small_cnn() -> tuple[torch.nn.Module, torch.Tensor]:
     """The in-project small CNN (seeded weights, eval mode) and a batch of two 1x8x8 inputs."""
