@@ -41,7 +41,7 @@ class CompiledModel:
         self.report = report
         self.target = target
         self.artifacts = artifacts or {}
-        self.input_spec: InputSpec | None = None  # set by crisp.compile: what a call must pass
+        self.input_spec: InputSpec | None = None  # set by crisp.compile and crisp.load: what a call must pass
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -133,6 +133,8 @@ def load(path: str | os.PathLike) -> CompiledModel:
         model = onnx.load_from_string(onnx_bytes)
         module, artifacts["onnx_model"] = OnnxRuntimeModule(model), model
     compiled = CompiledModel(module, reference, data["layers"], data["report"], target, artifacts)
+    if data["inputs"] is not None:  # calls are checked as on the freshly compiled model
+        compiled.input_spec = InputSpec(data["inputs"])
     compiled.to_onnx = _LoadedOnnx(onnx_bytes, meta.get("onnx_unavailable"))
     compiled.source_file = str(path)
     compiled.file_info = {k: v for k, v in meta.items() if k not in ("layers", "report", "sha256")}

@@ -162,7 +162,25 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     return {
         "meta": meta, "members": members, "where": where,
         "layers": layers_from_json(meta["layers"], tensors, where), "report": report_from_json(meta["report"], where),
+        "inputs": _inputs_from_json(meta.get("inputs"), where),
     }
+
+
+def _inputs_from_json(inputs, where: str) -> list[tuple[torch.dtype, tuple[int, ...]]] | None:
+    """The example inputs' (dtype, shape) a loaded model checks its calls against; None for files
+    that do not record them."""
+    if inputs is None:
+        return None
+    specs = []
+    try:
+        for shape, dtype_name in inputs:
+            dtype = getattr(torch, str(dtype_name), None)
+            if not isinstance(dtype, torch.dtype) or not all(isinstance(d, int) and d >= 0 for d in shape):
+                raise ValueError(f"{dtype_name!r} {shape!r}")
+            specs.append((dtype, tuple(shape)))
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"{where} has an invalid input record in its {_META} ({exc})") from exc
+    return specs
 
 
 def _check_header(meta, where: str) -> None:

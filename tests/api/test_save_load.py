@@ -77,6 +77,35 @@ def test_a_batch_of_one_still_loads_with_any_batch(tmp_path):
     assert torch.equal(crisp.load(tmp_path / "one.crisp")(x), c(x))
 
 
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+@pytest.mark.parametrize("arg, words", [
+    (X.double(), "float64"),
+    (torch.randn(2, 4, 12, 12), "shape [2, 4, 12, 12]"),
+    (torch.randn(3, 12, 12), "shape [3, 12, 12]"),
+    ([X], "must be a torch.Tensor"),
+])
+def test_loaded_model_guards_its_calls_like_the_compiled_one(saved, target, arg, words):
+    loaded = crisp.load(saved[target][1])
+    with pytest.raises(crisp.ModelError, match="input 0") as exc:
+        loaded(arg)
+    assert words in str(exc.value)
+
+
+def test_a_corrupt_input_record_is_a_format_error(saved, tmp_path):
+    src = saved["reference"][1]
+    with zipfile.ZipFile(src) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    meta = json.loads(members["crisp.json"])
+    meta["inputs"] = [[[2, 3, 12, 12], "os.system"]]
+    members["crisp.json"] = json.dumps(meta).encode()
+    bad = tmp_path / "bad.crisp"
+    with zipfile.ZipFile(bad, "w") as z:
+        for n, d in members.items():
+            z.writestr(n, d)
+    with pytest.raises(crisp.FormatError, match="bad.crisp.*input record"):
+        crisp.load(bad)
+
+
 def test_loaded_model_exports_onnx_and_simulates(saved, tmp_path):
     import onnxruntime as ort
 
