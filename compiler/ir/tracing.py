@@ -10,6 +10,7 @@ module that could not be traced, and suggests ``exclude`` / ``leaf_modules``, on
 from __future__ import annotations
 
 import copy
+import fnmatch
 import logging
 from typing import Iterable, Iterator
 
@@ -51,10 +52,23 @@ class _CrispTracer(fx.Tracer):
             raise
 
 
+def module_paths(model: nn.Module, names: Iterable[str]) -> tuple[str, ...]:
+    """``names`` with every fnmatch pattern among them replaced by the module paths it matches."""
+    out: list[str] = []
+    for name in names:
+        if any(c in name for c in "*?["):
+            out += [path for path, _ in model.named_modules() if path and fnmatch.fnmatchcase(path, name)]
+        else:
+            out.append(name)
+    return tuple(dict.fromkeys(out))
+
+
 def trace(model: nn.Module, leaf_modules: Iterable[str] = (), example_inputs: tuple | None = None) -> fx.GraphModule:
     """Symbolically trace ``model``; modules named in ``leaf_modules`` (and their children) stay opaque.
     If that fails and ``example_inputs`` are given, capture with ``torch.export`` instead (then the
-    layers inside ``leaf_modules`` stay dense); ``gm.meta["crisp_frontend"]`` says which ran."""
+    layers inside ``leaf_modules`` stay dense); ``gm.meta["crisp_frontend"]`` says which ran.
+    An entry may be an fnmatch pattern (``"layer4.*"``): every module it matches stays opaque."""
+    leaf_modules = module_paths(model, leaf_modules)
     tracer = _CrispTracer(leaf_modules)
     try:
         graph = tracer.trace(model)
