@@ -116,11 +116,13 @@ def pretrain(model: nn.Module, data: TensorDataset, *, epochs: int, seed: int = 
 
 
 def fold_accuracy(model: nn.Module, held: TensorDataset, fold: torch.Tensor, classes) -> tuple[float, float, int]:
-    """Accuracy (argmax over all 10 outputs) on the user classes' held-out samples of fold 0 and of
-    fold 1, and the number of samples."""
+    """Accuracy on the user classes' held-out samples of fold 0 and of fold 1, and the number of
+    samples. The personalized model predicts one of the user classes: argmax over their outputs
+    (what ``shrink_head=True`` gives), so a non-user logit never decides."""
     x, y = held.tensors
-    keep = torch.isin(y, torch.tensor(list(classes)))
+    ids = torch.tensor(sorted(classes))
+    keep = torch.isin(y, ids)
     with torch.no_grad():
-        right = (model.eval()(x[keep]).argmax(1) == y[keep])
+        right = ids[model.eval()(x[keep])[:, ids].argmax(1)] == y[keep]
     f = fold[keep]
     return float(right[f == 0].float().mean()), float(right[f == 1].float().mean()), int(keep.sum())

@@ -3,6 +3,7 @@
 ``train_epoch`` runs one pass of cross-entropy training over ``(input, label)`` batches and
 calls ``after_backward`` (e.g. a Taylor accumulator) after each backward pass. ``evaluate``
 returns loss and accuracy; both sum their counts over ranks under ``torch.distributed``.
+``recalibrate_batchnorm`` re-estimates BatchNorm running statistics for the current (masked) weights.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crisp.progress import progress as progress_bar
-from crisp.pruning.distributed import all_reduce_sums, rank
+from crisp.pruning.distributed import all_reduce_sums, rank, world_size
 
 
 def train_epoch(
@@ -65,3 +66,47 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     if n == 0:
         return float("nan"), float("nan"), 0
     return float(total[0] / n), float(total[1] / n), n
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    """Re-estimate every BatchNorm's running mean and variance on ``batches`` (no weight changes).
+
+    After a mask change the running statistics still describe the previous weights (with few batches
+    per epoch, momentum 0.1 keeps a large share of them), so eval-mode outputs drift from train-mode
+    ones. The statistics are reset and averaged over all ``batches`` (cumulative, ``momentum=None``),
+    with every other module in eval mode (dropout off, learned masks at their argmax pattern); under
+    ``torch.distributed`` they are averaged over ranks. Returns the number of BatchNorm layers recalibrated
+    (0 when no batch had two samples: the statistics stay as they were); the model's modes are restored."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    modes = {m: m.training for m in model.modules()}
+    momenta = [bn.momentum for bn in norms]
+    stats = [t for bn in norms for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked)]
+    saved = [t.clone() for t in stats]
+    used = 0
+    model.eval()
+    try:
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        for x, _ in batches:
+            if x.shape[0] > 1:  # one sample has no batch variance
+                model(x)
+                used += 1
+    finally:
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
+        for m, mode in modes.items():
+            m.train(mode)
+    if not used:  # nothing to estimate from: keep the statistics as they were
+        for t, old in zip(stats, saved):
+            t.copy_(old)
+        return 0
+    floats = [t for bn in norms for t in (bn.running_mean, bn.running_var)]
+    size = world_size()
+    for t, total in zip(floats, all_reduce_sums(floats)):
+        t.copy_(total / size)
+    return len(norms)

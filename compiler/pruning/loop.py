@@ -10,6 +10,7 @@ A *masker* owns how masks reach the model and what is trained:
 :func:`run_schedule` does Alg. 1's loop: optional class-aware warm-up fine-tune (which also
 accumulates Taylor saliency), then for each scheduled sparsity select masks from the saliency
 accumulated so far, fine-tune ``epochs_per_step`` epochs (accumulating the next saliency),
+re-estimate the BatchNorm running statistics of the masked model on the training batches,
 evaluate, record a :class:`StepRecord` and call the callbacks.
 """
 
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crisp.pruning.distributed import broadcast_buffers, rank, wrap_for_training
-from crisp.pruning.finetune import evaluate, train_epoch
+from crisp.pruning.finetune import evaluate, recalibrate_batchnorm, train_epoch
 from crisp.sparsity.gemm_view import as_blocks, gemm_to_weight, pad_to_blocks, weight_to_gemm
 from crisp.pruning.learned_masks import LearnedMasking, block_keep_mask, restrict_to_choice
 from crisp.sparsity.pattern import Pattern
@@ -287,6 +288,7 @@ def run_schedule(
         acc.reset()
         losses = [epoch(f"step {p + 1}/{len(schedule)} epoch {e + 1}/{epochs_per_step}", e, epochs_per_step)
                   for e in range(epochs_per_step)]
+        recalibrate_batchnorm(model, train_batches)  # running statistics of the masked weights
         if saliency == "taylor" and acc.batches == 0 and p + 1 < len(schedule):
             gradient_pass(train_model, train_batches, acc.add)
         eval_batches, split = (val_batches, "val") if val_batches is not None else (train_batches, "train")
