@@ -12,8 +12,8 @@ from torch import fx, nn
 
 from crisp.errors import CrispError
 from crisp.ir.meta import CPU_KEY
-from crisp.runtime import fast_kernel
-from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
+from crisp.runtime import dense_path, fast_kernel
+from crisp.runtime.packed_weight import ChannelPackedWeight, DenseWeight, PackedHybridWeight
 
 INF = float("inf")
 
@@ -21,12 +21,12 @@ INF = float("inf")
 class PackedLayer(nn.Module):
     """Holds one pruned layer's packed weight and bias as buffers (they follow ``.to`` and state_dict)."""
 
-    def __init__(self, packed: PackedHybridWeight | ChannelPackedWeight, bias: torch.Tensor | None):
+    def __init__(self, packed: PackedHybridWeight | ChannelPackedWeight | DenseWeight, bias: torch.Tensor | None):
         super().__init__()
         for name, tensor in packed.tensors().items():
             self.register_buffer(name, tensor)
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
-        self.layout = "channel" if isinstance(packed, ChannelPackedWeight) else "rows"
+        self.layout = layout(packed)
         self.weight_shape = packed.weight_shape
 
     @property
@@ -81,6 +81,13 @@ def sole_user(node: fx.Node) -> fx.Node | None:
     return next(iter(node.users)) if len(node.users) == 1 else None
 
 
+def layout(packed) -> str:
+    """The kernel a packed weight runs on: ``channel``, ``rows`` or ``dense`` (torch's own conv / linear)."""
+    if isinstance(packed, DenseWeight):
+        return "dense"
+    return "channel" if isinstance(packed, ChannelPackedWeight) else "rows"
+
+
 def pack(compact, in_channels: int, conv: bool) -> PackedHybridWeight | ChannelPackedWeight:
     """The layout of the kernel that runs this weight: channel-vector where it fits, else rows."""
     if conv and ChannelPackedWeight.supports(compact, in_channels, fast_kernel.channel_max_m()):
@@ -89,7 +96,11 @@ def pack(compact, in_channels: int, conv: bool) -> PackedHybridWeight | ChannelP
 
 
 def conv_call(graph: fx.Graph, packed, x, attrs, bias, residual, geometry) -> fx.Node:
-    """The fused conv op for ``packed`` (its tensors as get_attr nodes ``attrs``); channels-last out."""
+    """The fused conv op for ``packed`` (its tensors as get_attr nodes ``attrs``); channels-last out.
+    ``geometry``: (kernel, stride, padding, dilation, clamp_min, clamp_max)."""
+    if isinstance(packed, DenseWeight):
+        _, stride, padding, dilation, lo, hi = geometry
+        return graph.call_function(dense_path.conv2d, (x, *attrs, bias, residual, stride, padding, dilation, lo, hi))
     if isinstance(packed, ChannelPackedWeight):
         args = (x, *attrs, packed.rows, packed.n, packed.m, bias, residual, *geometry)
         return graph.call_function(fast_kernel.op("hybrid_sparse_conv2d_nhwc"), args)

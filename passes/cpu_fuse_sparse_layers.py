@@ -4,7 +4,9 @@
 The layer's compact weight is packed once for the kernel that runs it (a :class:`PackedLayer`
 takes the compact holder's place): a conv whose N:M groups are whole runs of input channels gets
 the channel-vector kernel ``crisp::hybrid_sparse_conv2d_nhwc``, any other conv
-``crisp::hybrid_sparse_conv2d_fast``, a Linear ``crisp::hybrid_sparse_linear_fast``. Bias, a
+``crisp::hybrid_sparse_conv2d_fast``, a Linear ``crisp::hybrid_sparse_linear_fast``; a layer whose
+measured choice is ``dense`` runs torch's own conv / linear on its whole (BN-folded) weight
+(:mod:`crisp.runtime.dense_path`). Bias, a
 following ReLU / ReLU6 and a same-shape residual ``add`` (+ ReLU) are fused; conv outputs are
 channels-last. What each layer became is recorded under ``meta[CPU_KEY]["fused"]``.
 """
@@ -21,7 +23,8 @@ from torch import fx
 from crisp.ir.layer_info import META_KEY, LayerInfo
 from crisp.ir.meta import LOWERED_KEY
 from crisp.runtime.ops import HYBRID_SPARSE_GEMM
-from crisp.runtime import fast_kernel
+from crisp.runtime import dense_path, fast_kernel
+from crisp.runtime.packed_weight import DenseWeight
 
 from crisp.passes.base import CrispPass
 from crisp.passes.cpu_common import (
@@ -108,6 +111,8 @@ def _fuse_layer(gm: fx.GraphModule, gemm: fx.Node, info: LayerInfo, fuse_activat
         if info.kind == "conv":
             geometry = (*shape_geometry, *clamp)
             fused = conv_call(graph, packed, x, attrs, bias, residual, geometry)
+        elif isinstance(packed, DenseWeight):
+            fused = graph.call_function(dense_path.linear, (x, *attrs, bias, *clamp))
         else:
             fused = graph.call_function(fast_kernel.op("hybrid_sparse_linear_fast"),
                                         (x, *attrs, packed.in_features, bias, *clamp))

@@ -1,9 +1,12 @@
 """LowerDenseConvs: run the dense (unpruned, groups=1) convs left in the graph, e.g. a stem conv
-whose K is smaller than one block, on crisp's sparse conv kernels with every weight kept, a
-following ReLU / ReLU6 fused: no torch op (and no second thread pool) between two crisp layers.
+whose K is smaller than one block, on the faster, by measurement on the layer's real shape
+(:class:`~crisp.passes.cpu_kernel_choice.Tuner`), of crisp's conv kernels with every weight kept
+(no second thread pool between two crisp layers) and torch's own conv (oneDNN, channels-last);
+a following ReLU / ReLU6 fused.
 
 The convs it cannot run get channels-last weights, since the activations around them flow
-channels-last. Recorded under ``meta[CPU_KEY]["dense_convs"]`` (e.g. ``"conv1+relu"``).
+channels-last. Recorded under ``meta[CPU_KEY]["dense_convs"]`` (e.g. ``"conv1+relu"``)
+and, with the measured times, under ``meta[CPU_KEY]["kernel_choices"]``.
 """
 
 from __future__ import annotations
@@ -11,13 +14,13 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from crisp.sparsity.hybrid_tensor import HybridSparseTensor
+from crisp.runtime import fast_kernel
 
 from crisp.passes.base import CrispPass
-from crisp.passes.cpu_kernel_choice import dense_pattern
+from crisp.passes.cpu_kernel_choice import Tuner
 from crisp.passes.cpu_common import (
-    PackedLayer, conv_call, is_plain_conv, module_calls_on_4d_float, pack, record, replace_module_call,
-    require_fast_kernels, tidy,
+    PackedLayer, conv_call, is_plain_conv, module_calls_on_4d_float, record, replace_module_call, require_fast_kernels,
+    tidy,
 )
 
 
@@ -30,22 +33,27 @@ class LowerDenseConvs(CrispPass):
 
     def call(self, graph_module: fx.GraphModule) -> bool:
         require_fast_kernels(self.name)
-        gm, lowered = graph_module, []
+        gm, lowered, choices = graph_module, [], {}
+        tuner, isa = Tuner(), fast_kernel.cpu_capability()
         for node, conv in module_calls_on_4d_float(gm, lambda m: is_plain_conv(m) and m.groups == 1):
-            weight = conv.weight.detach().float()
-            compact = HybridSparseTensor.from_dense(weight, torch.ones_like(weight, dtype=torch.bool),
-                                                    dense_pattern(weight[0].numel()))
-            packed = pack(compact, conv.in_channels, True)
+            geometry = (list(conv.kernel_size), list(conv.stride), list(conv.padding), list(conv.dilation))
+            x_shape = tuple(node.args[0].meta["tensor_meta"].shape)
+            bias = None if conv.bias is None else conv.bias.detach().float()
+            choice = tuner.choose_dense(conv.weight, "dense_conv", x_shape, geometry, bias)
+            packed = choice.packed
             gm.set_submodule(node.target, PackedLayer(packed, conv.bias))
 
             def call(lo, hi, node=node, conv=conv, packed=packed):
                 attrs = [gm.graph.get_attr(f"{node.target}.{name}") for name in packed.tensors()]
                 bias = gm.graph.get_attr(f"{node.target}.bias") if conv.bias is not None else None
-                geometry = (list(conv.kernel_size), list(conv.stride), list(conv.padding), list(conv.dilation), lo, hi)
-                return conv_call(gm.graph, packed, node.args[0], attrs, bias, None, geometry)
+                return conv_call(gm.graph, packed, node.args[0], attrs, bias, None, (*geometry, lo, hi))
 
+            name = node.target
             lowered.append(replace_module_call(gm, node, self.fuse_activations, call))
+            choices[name] = {"kernel": choice.kernel, "isa": isa, "reason": "left dense; " + choice.reason,
+                             "times_ms": choice.times_ms}
         record(gm, "dense_convs", lowered)
+        record(gm, "kernel_choices", choices)
         tidy(gm)
         for module in gm.modules():
             if isinstance(module, nn.Conv2d):

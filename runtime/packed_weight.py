@@ -166,3 +166,27 @@ class ChannelPackedWeight:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"vals": self.vals, "idx": self.idx, "gtap": self.gtap, "gcin": self.gcin}
+
+
+@dataclass(frozen=True, eq=False)
+class DenseWeight:
+    """A layer's weight kept whole for torch's own dense conv / linear (oneDNN), the path a layer
+    takes where no sparse kernel beats it: a conv weight ``[O, C, kh, kw]`` channels-last, like
+    the activations around it; a linear weight ``[O, K]``."""
+
+    weight: torch.Tensor
+    weight_shape: tuple[int, ...]
+
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor) -> "DenseWeight":
+        w = weight.detach().to(torch.float32).clone()
+        if w.dim() == 4:
+            w = w.contiguous(memory_format=torch.channels_last)
+        return cls(w, tuple(w.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.numel() * self.weight.element_size()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight}

@@ -32,8 +32,8 @@ from crisp.sparsity.gemm_view import pad_to_blocks, weight_to_gemm
 from crisp.ir.batchnorm import fold_batchnorms
 from crisp.ir.layer_info import LayerInfo
 from crisp.runtime import fast_kernel
-from crisp.runtime.packed_weight import ChannelPackedWeight
-from crisp.passes.cpu_kernel_choice import candidates
+from crisp.runtime.packed_weight import ChannelPackedWeight, DenseWeight
+from crisp.passes.cpu_kernel_choice import candidates, run_candidate
 from crisp.errors import CrispError
 from crisp.bench.timing import Timing, measure
 from crisp.tables import table
@@ -165,7 +165,7 @@ class LayerTiming:
     crisp_ms: float
     limit_ms: float  # dense_ms * density: the ideal block-skip time
     efficiency: float  # limit_ms / crisp_ms
-    kernel: str = "rows"  # "channel" (NHWC, vectorized over output channels) or "rows" (over positions)
+    kernel: str = "rows"  # "channel" (NHWC, over output channels), "rows" (over positions) or "dense" (torch)
     dense_cpu_ms: float = float("nan")  # process CPU time medians (robust to other jobs at 1 thread)
     crisp_cpu_ms: float = float("nan")
     # the share of weight blocks kept (density x m/n): the bound of a kernel that skips pruned
@@ -210,7 +210,7 @@ def per_layer_times(model: nn.Module, compiled, x: torch.Tensor, **measure_kw) -
             options = candidates(info.compact, info.weight_shape[1], info.kind == "conv")
             kernel = chosen.get("kernel") if chosen.get("kernel") in options else next(iter(options))
             packed = options[kernel]  # the kernel the compiled model runs for this layer
-            channel = isinstance(packed, ChannelPackedWeight)
+            channel = isinstance(packed, (ChannelPackedWeight, DenseWeight))  # they take channels-last inputs
             density = float(info.mask.sum()) / info.mask.numel()
             if isinstance(module, nn.Conv2d):
                 cl_module = copy.deepcopy(module).to(memory_format=torch.channels_last)
@@ -220,12 +220,12 @@ def per_layer_times(model: nn.Module, compiled, x: torch.Tensor, **measure_kw) -
                 dense_cpu = min(t.cpu_median_ms for t in dense_runs)
                 conv = info.conv
                 xk = x_cl if channel else xi  # the layout the compiled graph feeds this kernel
-                fast = measure(lambda: fast_kernel.conv2d(xk, packed, bias, conv.kernel, conv.strides,
-                                                          conv.padding, conv.dilations), **measure_kw)
+                geometry = (conv.kernel, conv.strides, conv.padding, conv.dilations)
+                fast = measure(lambda: run_candidate(packed, xk, bias, geometry, True), **measure_kw)
             else:
                 dense_run = measure(lambda: module(xi), **measure_kw)
                 dense, dense_cpu = dense_run.median_ms, dense_run.cpu_median_ms
-                fast = measure(lambda: fast_kernel.linear(xi, packed, bias), **measure_kw)
+                fast = measure(lambda: run_candidate(packed, xi, bias, (), False), **measure_kw)
             limit = dense * density
             pattern = info.compact.pattern
             out.append(LayerTiming(info.name, info.kind_label, tuple(xi.shape), density, dense, fast.median_ms, limit,
@@ -349,9 +349,9 @@ def model_table(results: dict[str, dict]) -> str:
 def layer_table(layers: list[LayerTiming]) -> str:
     rows = [[t.name, t.kind, "x".join(map(str, t.input_shape[1:])), f"{t.density:.3f}", f"{t.dense_ms:.3f}",
              f"{t.crisp_ms:.3f}", f"{t.limit_ms:.3f}", f"{t.efficiency:.2f}", t.kernel, t.isa,
-             t.why.split(":")[0]] for t in layers]
+             t.why] for t in layers]
     return table(rows, ["layer", "kind", "input", "density", "dense ms", "crisp ms", "limit ms", "limit/crisp", "kernel",
-                        "isa", "chosen by"], fmt="markdown", align="lllrrrrrlll")
+                        "isa", "why (compile-time measurement)"], fmt="markdown", align="lllrrrrrlll")
 
 
 # ---------------------------------------------------------------------------- memory

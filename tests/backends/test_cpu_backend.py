@@ -10,7 +10,7 @@ import crisp
 from crisp import models
 from crisp.backends.cpu import cpu_pipeline
 from crisp.runtime import cpu_capability as isa
-from crisp.runtime import fast_kernel
+from crisp.runtime import dense_path, fast_kernel
 from conftest import max_relative_error
 
 pytestmark = pytest.mark.skipif(not fast_kernel.available(), reason=f"fast kernels unavailable: {fast_kernel.unavailable_reason()}")
@@ -19,6 +19,7 @@ GEMM = torch.ops.crisp.hybrid_sparse_gemm.default
 PATHS = [c for c in isa.CAPABILITIES if c in isa.supported() and fast_kernel.available(c)]
 FAST = tuple(fast_kernel.op(name, path) for path in PATHS
              for name in ("hybrid_sparse_conv2d_fast", "hybrid_sparse_conv2d_nhwc", "hybrid_sparse_linear_fast"))
+DENSE_PATH = (dense_path.conv2d, dense_path.linear)  # torch's own conv / linear, where it measured fastest
 
 
 def targets(gm: torch.fx.GraphModule) -> list:
@@ -35,11 +36,16 @@ def test_small_cnn_graph_is_rewritten_on_a_copy():
     # the lowered graph is untouched: still the unfold + reference gemm form, compact buffers in place
     assert targets(lowered).count(GEMM) == len(pruned)
     assert any(name.endswith(".offsets") for name, _ in lowered.named_buffers())
-    # the fused copy: one fast op per pruned layer, no unfold, no reference gemm, no compact buffers
+    # the fused copy: one fast op (or, where it measured fastest, torch's own conv / linear) per
+    # layer, no unfold, no reference gemm, no compact buffers
     fast = [t for t in targets(fused) if t in FAST]
+    torch_dense = [t for t in targets(fused) if t in DENSE_PATH]
     dense = [info.name for info in compiled.layers if info.compact is None]  # e.g. a first conv with K < block
-    assert sorted(d.split("+")[0] for d in compiled.artifacts["dense_convs"]) == sorted(dense)  # on the same kernels
-    assert len(fast) == len(pruned) + len(dense)
+    assert sorted(d.split("+")[0] for d in compiled.artifacts["dense_convs"]) == sorted(dense)
+    choices = compiled.artifacts["kernel_choices"]
+    assert sorted(choices) == sorted(pruned + dense)
+    assert len(torch_dense) == sum(c["kernel"] == "dense" for c in choices.values())
+    assert len(fast) + len(torch_dense) == len(pruned) + len(dense)
     assert GEMM not in targets(fused) and torch.nn.functional.unfold not in targets(fused)
     assert not any(name.endswith((".offsets", ".block_cols", ".values")) for name, _ in fused.named_buffers())
     with torch.no_grad():
@@ -51,7 +57,8 @@ def test_small_cnn_graph_is_rewritten_on_a_copy():
         assert max_relative_error(compiled(x5), crisp.apply_masks(model, compiled.masks)(x5)) <= 1e-4
 
 
-def test_packed_weights_are_smaller_than_dense():
+def test_packed_weights_are_smaller_than_dense(monkeypatch):
+    monkeypatch.setenv("CRISP_CPU_TUNE", "0")  # every pruned layer on crisp's kernels (no measured choice of dense)
     model = models.build("small_cnn")
     compiled = crisp.compile(model, (torch.randn(1, 1, 8, 8),), target="cpu", sparsity=0.9, block=16, verify=False)
     dense_bytes = sum(model.get_parameter(name).numel() * 4 for name in compiled.masks)
