@@ -21,6 +21,7 @@ namespace {
 struct Isa {
   static constexpr int L = 16;  // lanes
   static constexpr int P = 8;   // output positions per register tile
+  static constexpr int HS = 1;  // 16-lane halves per tile (one: L = 16)
   static constexpr int RV = 2;  // row vectors per tile when a block-row has an even number of them
   using V = __m512;
   using I = __m512i;
@@ -50,7 +51,8 @@ struct Isa {
 #define CRISP_ISA_NAME "avx2"
 struct Isa {
   static constexpr int L = 8;
-  static constexpr int P = 4;
+  static constexpr int P = 8;   // one 8-lane half per tile: 8 accumulators + 2n weights/indices fit 16 registers
+  static constexpr int HS = 1;
   static constexpr int RV = 1;
   using V = __m256;
   using I = __m256i;
@@ -82,6 +84,7 @@ struct Isa {
 struct Isa {
   static constexpr int L = 8;
   static constexpr int P = 4;
+  static constexpr int HS = 1;
   static constexpr int RV = 1;
   typedef float V __attribute__((vector_size(L * sizeof(float))));
   typedef int32_t I __attribute__((vector_size(L * sizeof(int32_t))));

@@ -773,12 +773,16 @@ struct ChanSink {
 
 using IV = Isa::V;
 constexpr int H = kHalves;
+constexpr int HS = Isa::HS;  // halves of a row vector per register tile (H / HS tiles cover it)
+static_assert(H % HS == 0, "a tile covers whole halves");
 
-// acc[u][h][q] (lanes h*L.. of row vector rv + u at position q) += the kept weights times inputs,
-// for RV row vectors of one block-row (they share its groups, so each group's inputs are
-// loaded once for all of them).
+// acc[u][h][q] (lanes (h0 + h)*L.. of row vector rv + u at position q) += the kept weights times
+// inputs, for RV row vectors of one block-row (they share its groups, so each group's inputs are
+// loaded once for all of them) and HS of their H halves (with 8 lanes, one half per tile leaves
+// registers for P = 8 positions: 8 accumulators, 2n weights and indices, the group load).
 template <int P, int NN, bool WIDE, int RV, bool DENSE = false>
-inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t rv, Isa::G live, IV (&acc)[RV][H][P]) {
+inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t rv, int h0, Isa::G live,
+                      IV (&acc)[RV][HS][P]) {
   const int64_t br = rv / w.rvs_per_br;
   const int64_t n = NN > 0 ? NN : w.n;
   const int64_t rv_stride = w.groups * n * 16;
@@ -790,12 +794,12 @@ inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t r
     const float* const* ptr = table + gtap[g] * P;
     const int64_t cin = gcin[g];
     if constexpr (DENSE) {  // every weight of the group kept (n == m): entry j multiplies input j
-      IV v[RV][H][NN];
+      IV v[RV][HS][NN];
 #pragma GCC unroll 4
       for (int u = 0; u < RV; ++u)
-        for (int hh = 0; hh < H; ++hh)
+        for (int hh = 0; hh < HS; ++hh)
 #pragma GCC unroll 4
-          for (int j = 0; j < NN; ++j) v[u][hh][j] = Isa::load(vals + u * rv_stride + (g * NN + j) * 16 + hh * Isa::L);
+          for (int j = 0; j < NN; ++j) v[u][hh][j] = Isa::load(vals + u * rv_stride + (g * NN + j) * 16 + (h0 + hh) * Isa::L);
 #pragma GCC unroll 16
       for (int q = 0; q < P; ++q) {
 #pragma GCC unroll 4
@@ -803,18 +807,18 @@ inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t r
           const IV xj = Isa::set1(ptr[q][cin + j]);
 #pragma GCC unroll 4
           for (int u = 0; u < RV; ++u)
-            for (int hh = 0; hh < H; ++hh) acc[u][hh][q] = Isa::fma(v[u][hh][j], xj, acc[u][hh][q]);
+            for (int hh = 0; hh < HS; ++hh) acc[u][hh][q] = Isa::fma(v[u][hh][j], xj, acc[u][hh][q]);
         }
       }
     } else if constexpr (NN > 0) {
-      IV v[RV][H][NN];
-      Isa::I ix[RV][H][NN];
+      IV v[RV][HS][NN];
+      Isa::I ix[RV][HS][NN];
 #pragma GCC unroll 4
       for (int u = 0; u < RV; ++u)
-        for (int hh = 0; hh < H; ++hh)
+        for (int hh = 0; hh < HS; ++hh)
 #pragma GCC unroll 4
           for (int j = 0; j < NN; ++j) {
-            const int64_t o = u * rv_stride + (g * NN + j) * 16 + hh * Isa::L;
+            const int64_t o = u * rv_stride + (g * NN + j) * 16 + (h0 + hh) * Isa::L;
             v[u][hh][j] = Isa::load(vals + o);
             ix[u][hh][j] = Isa::load_idx(idx + o);
           }
@@ -823,7 +827,7 @@ inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t r
         const IV xg = Isa::load_group<WIDE>(ptr[q] + cin, live);
 #pragma GCC unroll 4
         for (int u = 0; u < RV; ++u)
-          for (int hh = 0; hh < H; ++hh)
+          for (int hh = 0; hh < HS; ++hh)
 #pragma GCC unroll 4
             for (int j = 0; j < NN; ++j) acc[u][hh][q] = Isa::fma(v[u][hh][j], Isa::pick(xg, ix[u][hh][j]), acc[u][hh][q]);
       }
@@ -831,9 +835,9 @@ inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t r
       for (int q = 0; q < P; ++q) {
         const IV xg = Isa::load_group<WIDE>(ptr[q] + cin, live);
         for (int u = 0; u < RV; ++u)
-          for (int hh = 0; hh < H; ++hh)
+          for (int hh = 0; hh < HS; ++hh)
             for (int64_t j = 0; j < n; ++j) {
-              const int64_t o = u * rv_stride + (g * n + j) * 16 + hh * Isa::L;
+              const int64_t o = u * rv_stride + (g * n + j) * 16 + (h0 + hh) * Isa::L;
               acc[u][hh][q] = Isa::fma(Isa::load(vals + o), Isa::pick(xg, Isa::load_idx(idx + o)), acc[u][hh][q]);
             }
       }
@@ -844,10 +848,11 @@ inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t r
 // Bias, residual, clamp, then store 16 (or fewer, for the last row vector) channels of `live`
 // consecutive positions starting at p0.
 template <int P>
-inline void chan_store(const ChanSink& sink, int64_t sample_out, int64_t p0, int live, int64_t rv, IV (&acc)[H][P]) {
+inline void chan_store(const ChanSink& sink, int64_t sample_out, int64_t p0, int live, int64_t rv, int h0,
+                       IV (&acc)[HS][P]) {
   const IV lo = Isa::set1(sink.clamp.lo), hi = Isa::set1(sink.clamp.hi);
-  for (int hh = 0; hh < H; ++hh) {
-    const int64_t r0 = rv * 16 + hh * Isa::L;
+  for (int hh = 0; hh < HS; ++hh) {
+    const int64_t r0 = rv * 16 + (h0 + hh) * Isa::L;
     if (r0 >= sink.rows) return;
     const int64_t lanes = std::min<int64_t>(Isa::L, sink.rows - r0);
     const IV b = sink.bias ? Isa::load_lanes(sink.bias + r0, lanes) : Isa::zero();
@@ -898,12 +903,15 @@ void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink,
       src.tap_pointers<P>(x, p0, live, table);
       for (int64_t u = u_begin; u < u_end; ++u) {
         const int64_t rv = u * RV;
-        IV acc[RV][H][P];
-        for (int i = 0; i < RV; ++i)
-          for (int hh = 0; hh < H; ++hh)
-            for (int q = 0; q < P; ++q) acc[i][hh][q] = Isa::zero();
-        chan_tile<P, NN, WIDE, RV, DENSE>(table, w, rv, live_lanes, acc);
-        for (int i = 0; i < RV; ++i) chan_store<P>(sink, sample_out, p0, live, rv + i, acc[i]);
+        for (int h0 = 0; h0 < H; h0 += HS) {
+          if (rv * 16 + h0 * Isa::L >= sink.rows) break;  // the last row vector's lanes past the rows
+          IV acc[RV][HS][P];
+          for (int i = 0; i < RV; ++i)
+            for (int hh = 0; hh < HS; ++hh)
+              for (int q = 0; q < P; ++q) acc[i][hh][q] = Isa::zero();
+          chan_tile<P, NN, WIDE, RV, DENSE>(table, w, rv, h0, live_lanes, acc);
+          for (int i = 0; i < RV; ++i) chan_store<P>(sink, sample_out, p0, live, rv + i, h0, acc[i]);
+        }
       }
     }
   }, threads);
