@@ -3,6 +3,7 @@ graph, the masks by parameter name, the per-layer report and the backend's artif
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 import warnings
@@ -16,7 +17,7 @@ from torch import fx, nn
 from crisp import serialize
 from crisp.backends.onnx_backend import OnnxRuntimeModule, export_compiled_to_onnx
 from crisp.backends.stc_trace import Trace
-from crisp.errors import CrispError, FormatError
+from crisp.errors import CrispError, FormatError, ModelError
 from crisp.fileio import atomic_write_bytes
 from crisp.ir.layer_info import LayerInfo
 from crisp.report import Report
@@ -73,10 +74,25 @@ class CompiledModel:
     def __call__(self, *args, **kwargs):
         """Run the compiled model; inputs that differ from the compiled ones (type, dtype, rank, sizes
         other than the batch) raise a ModelError naming the input before any kernel runs."""
-        if self.input_spec is not None and not kwargs:
+        if kwargs:
+            args = self._positional(args, kwargs)
+        if self.input_spec is not None:
             self.input_spec.check(args)
         with torch.no_grad():
-            return self.module(*args, **kwargs)
+            return self.module(*args)
+
+    def _positional(self, args: tuple, kwargs: dict) -> tuple:
+        """Keyword inputs put in the order of the graph's inputs; a name it lacks is a ModelError."""
+        inputs = [n for n in self.graph_module.graph.nodes if n.op == "placeholder"]
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        signature = inspect.Signature([inspect.Parameter(n.target, kind, **({"default": n.args[0]} if n.args else {}))
+                                       for n in inputs])
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ModelError(f"the compiled model takes the inputs ({', '.join(n.target for n in inputs)}): {exc}") from None
+        bound.apply_defaults()
+        return tuple(bound.arguments.values())
 
     def __repr__(self) -> str:
         pruned = sum(1 for i in self.layers if i.compact is not None)

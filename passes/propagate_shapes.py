@@ -6,6 +6,10 @@ Inputs that do not fit the model fail here with the node that refused them.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
+
 import torch
 from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp
@@ -18,8 +22,15 @@ from crisp.passes.base import CrispPass
 
 class _NamedShapeProp(ShapeProp):
     def run_node(self, n: fx.Node):
+        # torch's ShapeProp prints the traceback of a failing node to stderr before raising; the
+        # ModelError below carries that cause, so it is held back (and anything else the node
+        # wrote to stderr is passed on).
+        held = io.StringIO()
         try:
-            return super().run_node(n)
+            with contextlib.redirect_stderr(held):
+                result = super().run_node(n)
+            sys.stderr.write(held.getvalue())
+            return result
         except Exception as exc:
             if isinstance(exc, ModelError):
                 raise

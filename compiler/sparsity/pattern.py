@@ -8,6 +8,7 @@ B x B blocks of the GEMM view of a layer.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from crisp.errors import PatternError
@@ -101,10 +102,9 @@ def resolve_pattern(pattern: "Pattern | str", block: int | None = None) -> Patte
 
 def check_sparsity(sparsity: float, pattern: Pattern) -> float:
     """Validate a global sparsity target against what the pattern can express."""
-    try:
-        value = float(sparsity)
-    except (TypeError, ValueError):
-        raise PatternError(f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
+    if isinstance(sparsity, (str, bytes, bool)) or not isinstance(sparsity, numbers.Real):
+        raise PatternError(f"sparsity must be a number in [0, 1), e.g. 0.9, got {sparsity!r} ({type(sparsity).__name__})")
+    value = float(sparsity)
     if not math.isfinite(value) or value >= 1.0:
         raise PatternError(f"sparsity must be below 1 (1 would remove every weight), got {sparsity!r}")
     if value < pattern.min_sparsity - 1e-9:

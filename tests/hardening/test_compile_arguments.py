@@ -169,3 +169,24 @@ def test_compiled_call_guard(compiled, arg, words):
 
 def test_compiled_call_any_batch(compiled):
     assert compiled(torch.randn(3, 32, 4, 4)).shape == (3, 32)
+
+
+def test_compiled_call_by_keyword(compiled):
+    name = next(n.target for n in compiled.graph_module.graph.nodes if n.op == "placeholder")
+    assert torch.equal(compiled(**{name: X}), compiled(X))
+    with pytest.raises(crisp.ModelError, match=f"takes the inputs \\({name}\\).*unexpected keyword argument 'y'"):
+        compiled(X, y=X)
+    with pytest.raises(crisp.ModelError, match="float64"):  # keyword inputs are checked like positional ones
+        compiled(**{name: X.double()})
+
+
+@pytest.mark.parametrize("sparsity", ["0.9", b"0.9", True, None, [0.9], torch.tensor(0.9)])
+def test_sparsity_must_be_a_number(sparsity):
+    with pytest.raises(crisp.PatternError, match="sparsity must be a number"):
+        crisp.compile(small(), (X,), sparsity=sparsity)
+
+
+def test_inputs_that_do_not_fit_name_the_node_and_print_no_traceback(capfd):
+    with pytest.raises(crisp.ModelError, match="node '_0'.*do not fit|do not fit.*node '_0'"):
+        crisp.compile(small(), (3,))
+    assert "Traceback" not in capfd.readouterr().err
