@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -127,13 +128,16 @@ def layer_key(weight_shape: tuple, pattern: str, density: float, x_shape: tuple,
 
 
 def time_candidates(calls: dict[str, object]) -> dict[str, float]:
-    """The least disturbed time (ms) of each call: one warm-up each, then rounds that run every
-    call still in the race once, so that a burst of load from another process hits all of them
-    alike; a call over ``_DROP`` x the best so far leaves the race (it cannot win). At least
-    ``_MIN_RUNS`` rounds, then more while within ``_RUN_BUDGET_S`` per candidate, up to ``_RUNS``."""
+    """The median time (ms) of each call: one warm-up each, then rounds that run every call still in
+    the race once, so that a burst of load from another process hits all of them alike; a call
+    whose median is over ``_DROP`` x the best leaves the race (it cannot win). At least
+    ``_MIN_RUNS`` rounds, then more while within ``_RUN_BUDGET_S`` per candidate, up to ``_RUNS``.
+    The median, not the least time: a fork-join pool (torch's) that waits for a descheduled
+    thread on a shared machine loses a whole time slice in some runs, and that is what the
+    compiled model will see."""
     for call in calls.values():
         call()
-    best: dict[str, float] = {name: math.inf for name in calls}
+    runs: dict[str, list[float]] = {name: [] for name in calls}
     racing = list(calls)
     start = time.perf_counter()
     for r in range(_RUNS):
@@ -142,10 +146,11 @@ def time_candidates(calls: dict[str, object]) -> dict[str, float]:
         for name in racing:
             t = time.perf_counter()
             calls[name]()
-            best[name] = min(best[name], (time.perf_counter() - t) * 1e3)
-        fastest = min(best[name] for name in racing)
-        racing = [name for name in racing if best[name] <= _DROP * fastest]
-    return best
+            runs[name].append((time.perf_counter() - t) * 1e3)
+        if r + 1 >= _MIN_RUNS:
+            fastest = min(statistics.median(runs[name]) for name in racing)
+            racing = [name for name in racing if statistics.median(runs[name]) <= _DROP * fastest]
+    return {name: statistics.median(times) for name, times in runs.items()}
 
 
 def pick(times: dict[str, float]) -> str:

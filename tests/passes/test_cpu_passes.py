@@ -227,3 +227,26 @@ def test_kernel_choice_rule_without_measurement(lowered, tmp_path, monkeypatch):
     assert not (tmp_path / "kernel_choices.json").exists()
     with torch.no_grad():
         assert relative_error(off(x), gm(x)) < 1e-5 and torch.equal(off(x), spent(x))
+
+
+@needs_fast
+@pytest.mark.parametrize("output_size, hw, lowered", [(2, (8, 8), True), ((3, 2), (9, 4), True), (3, (8, 8), False),
+                                                      ((None, 2), (6, 4), False)])
+def test_adaptive_average_pools_with_disjoint_windows_run_on_crisps_kernels(output_size, hw, lowered):
+    """AdaptiveAvgPool2d whose windows are equal and disjoint becomes a uniform depthwise conv on
+    crisp's threads (no torch op between two crisp layers); other output sizes stay torch ops."""
+    class PoolNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pool = nn.AdaptiveAvgPool2d(output_size)
+
+        def forward(self, x):
+            return self.pool(x)
+
+    model = PoolNet().eval()
+    x = torch.randn(2, 5, *hw).contiguous(memory_format=torch.channels_last)
+    gm = PropagateShapes((x,))(trace(model)).graph_module
+    out = LowerPools()(gm).graph_module
+    assert bool(out.meta[CPU_KEY].get("lowered_pools")) == lowered
+    with torch.no_grad():
+        assert relative_error(out(x), model(x)) < 1e-6
