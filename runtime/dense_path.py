@@ -22,7 +22,17 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
            stride: list[int], padding: list[int], dilation: list[int], clamp_min: float, clamp_max: float) -> torch.Tensor:
     """``clamp(conv2d(x, weight, bias) + residual)``, groups=1; channels-last in and out."""
     x = x.contiguous(memory_format=torch.channels_last)
+    dilation = unit_dilation_where_kernel_is_one(weight.shape[2:], dilation)
     return _epilogue(F.conv2d(x, weight, bias, stride, padding, dilation), residual, clamp_min, clamp_max)
+
+
+def unit_dilation_where_kernel_is_one(kernel_size, dilation: list[int]) -> list[int]:
+    """The same conv with dilation 1 on every axis whose kernel size is 1 (where dilation does
+    nothing). torch 2.13's oneDNN conv crashes the process on a channels-last input with a bias and
+    dilation > 1 on a size-1 kernel axis (e.g. input width 1, kernel width 1, padding 2, dilation 2,
+    stride 3); this form never reaches that case."""
+    dilation = list(dilation) if len(dilation) == len(kernel_size) else list(dilation) * len(kernel_size)
+    return [1 if k == 1 else d for k, d in zip(kernel_size, dilation)]
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], clamp_min: float,

@@ -39,7 +39,7 @@ def test_every_path_the_cpu_runs_builds_and_reports_its_isa(path):
 
 def conv_magnitude(x, masked_weight, bias, residual, stride, padding, dilation):
     """The conv summed over absolute values: the scale of its float32 rounding error."""
-    y = F.conv2d(x.abs(), masked_weight.abs(), None if bias is None else bias.abs(), stride, padding, dilation)
+    y = F.conv2d(x.contiguous().abs(), masked_weight.abs(), None if bias is None else bias.abs(), stride, padding, dilation)
     return y if residual is None else y + residual.abs()
 
 
@@ -95,7 +95,9 @@ def test_conv_equals_reference(nm, block, cin, cout, kh, kw, stride, padding, di
     magnitude = conv_magnitude(x, weight * mask, b, res, stride, padding, dilation)
     assert max_error_vs_float32_bound(got, want, magnitude, kh * kw * cin + 2) <= 1
     # the dense masked conv agrees too (a second, independent oracle)
-    dense = F.conv2d(x, weight * mask, b, stride, padding, dilation) + (0 if res is None else res)
+    # (oracles run torch's conv on a contiguous input: torch 2.13's channels-last conv crashes on some
+    # geometries, see crisp.runtime.dense_path.unit_dilation_where_kernel_is_one)
+    dense = F.conv2d(x.contiguous(), weight * mask, b, stride, padding, dilation) + (0 if res is None else res)
     assert max_relative_error(got, activation(dense)) <= 1e-4
 
 
@@ -297,7 +299,7 @@ def test_depthwise_conv_equals_torch(batch, channels, h, w, kernel, stride, pad,
         x = x.contiguous(memory_format=torch.channels_last)
     weight = torch.randn(channels, 1, *kernel, generator=gen)
     b = torch.randn(channels, generator=gen) if bias else None
-    want = F.conv2d(x, weight, b, stride, pad, dilation, groups=channels)
+    want = F.conv2d(x.contiguous(), weight, b, stride, pad, dilation, groups=channels)
     if act != "none":
         want = want.clamp(0, 6 if act == "relu6" else None)
     got = fast_kernel.depthwise_conv2d(x, weight, b, stride, pad, dilation, relu=act != "none",
