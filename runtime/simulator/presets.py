@@ -33,17 +33,7 @@ _CRISP_HW = dict(
     dram_write_bw=32.0,
     core_rows=16,
 )
-_SPARSELOOP_HW = dict(
-    n_cores=4,
-    macs_per_core=256,
-    rf_bytes=2048,
-    smem_bytes=256 * 1024,
-    smem_read_bw=42.0,
-    smem_write_bw=42.0,
-    dram_read_bw=32.0,
-    dram_write_bw=32.0,
-    core_rows=16,
-)
+_SPARSELOOP_HW = {**_CRISP_HW, "macs_per_core": 256, "rf_bytes": 2048}  # the case study's 1024 MACs
 
 PRESETS: dict[str, Arch] = {
     "crisp-stc": Arch(
