@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 
 import crisp
+from crisp.backends import BackendInput, get_backend
+from crisp.compiled_model import CompiledModel
 from crisp.fileio import atomic_write_bytes, atomic_write_text
 from crisp.models import build
 from crisp.models.registry import input_shape
@@ -35,14 +37,12 @@ from crisp.runtime import cpu_capability as isa
 from crisp.runtime import fast_kernel
 from crisp.bench import cpu_peers as cpu_bench
 from crisp.bench.kernel_alternatives import kernel_alternatives
+from crisp.bench.timing import interleaved
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_runtime_report import TARGET_LAYER_EFFICIENCY, lookup, markdown  # noqa: E402
+from cpu_runtime_report import TARGET, check_targets, lookup, markdown  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-TARGET = {"model": "resnet50", "block": 32, "sparsity": 0.9, "batch": 1, "threads": 2}
-TARGET_SPEEDUPS = {"onnxruntime_dense": 3.0, "torch_dense": 5.0, "torch_bsr": 2.0, "scipy_bsr": 2.0}
-ORT_TARGET = {"avx512": 4.0, "avx2": 3.0}  # the onnxruntime target per ISA path (the portable path: the AVX2 one)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,10 +65,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="skip timing the kernel alternatives (C++ kernels vs vectorized torch vs reference)")
     p.add_argument("--quick", action="store_true", help="only the target configuration (ResNet-50, B32, 90%%, batch 1, 2 threads)")
     p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--isa", default=None, choices=isa.CAPABILITIES,
-                   help="force one ISA path (CRISP_CPU_CAPABILITY); results of a path other than the best one are "
-                        "written as cpu_runtime_<isa>.*")
+    p.add_argument("--isa", default=None,
+                   help="force ISA paths (CRISP_CPU_CAPABILITY), e.g. avx2 or avx512,avx2: each compile is lowered "
+                        "once per path (same masks), the dense peers timed once and shared; results of a path other "
+                        "than the best one are written as cpu_runtime_<isa>.*")
     args = p.parse_args(argv)
+    args.isas = [i.strip() for i in (args.isa or fast_kernel.cpu_capability()).split(",") if i.strip()]
+    bad = [i for i in args.isas if i not in isa.CAPABILITIES]
+    if bad:
+        p.error(f"--isa: unknown path(s) {bad}; choose from {', '.join(isa.CAPABILITIES)}")
     if args.quick:
         args.models, args.blocks, args.sparsities, args.batches, args.threads = "resnet50", "32", "0.9", "1", "2"
     return args
@@ -132,6 +137,11 @@ def record_extras(args, out: dict, model, compiled, x, config: tuple, *, last_th
             "torch_dense": cpu_bench.memory_footprint(dense, x.contiguous(memory_format=torch.channels_last)),
             "crisp_cpu": cpu_bench.memory_footprint(compiled.module, x),
         })
+    if batch == 1 and threads == max(int(t) for t in args.threads.split(",")) and sparsity == TARGET["sparsity"] \
+            and block == TARGET["block"]:
+        out["interleaved"].append({"model": name, "block": block, "sparsity": sparsity, "batch": batch,
+                                   "threads": threads, **with_threads(threads, lambda: interleaved_timing(model, compiled, x, threads,
+                                                                                                   args.budget))})
     if config == tuple(TARGET.values()) and args.alternatives:
         out["alternatives"].extend(with_threads(threads, lambda: kernel_alternatives(
             model, compiled, x, budget_s=min(args.budget, 0.5))))
@@ -142,6 +152,24 @@ def record_extras(args, out: dict, model, compiled, x, config: tuple, *, last_th
                               "threads": threads, "layers": [t.as_dict() for t in layers]})
 
 
+def interleaved_timing(model, compiled, x, threads: int, budget_s: float) -> dict:
+    """crisp alone and with torch and onnxruntime dense run between its calls in the same loop."""
+    peers = {m: cpu_bench._runner(m, model, x, compiled, 0, threads) for m in cpu_bench.DENSE_METHODS}
+    with torch.no_grad():
+        return interleaved(lambda: compiled(x), peers, budget_s=2 * budget_s)
+
+
+def lowered_for(path: str, compiled, x):
+    """The same compiled model (masks, lowered graph) on the cpu backend of ISA path ``path``."""
+    os.environ[isa.CAPABILITY_ENV] = path
+    if compiled.artifacts.get("cpu_isa") == path:
+        return compiled
+    out = get_backend("cpu")(BackendInput(compiled.graph_module, compiled.layers, (x,), {}))
+    other = CompiledModel(out.module, compiled.graph_module, compiled.layers, compiled.report, "cpu", out.artifacts)
+    other.input_spec = compiled.input_spec
+    return other
+
+
 def run_grid(args, on_model_done=None) -> dict:
     models = args.models.split(",")
     blocks = [int(b) for b in args.blocks.split(",")]
@@ -149,7 +177,9 @@ def run_grid(args, on_model_done=None) -> dict:
     batches = [int(b) for b in args.batches.split(",")]
     threads_list = [int(t) for t in args.threads.split(",")]
     methods = tuple(args.methods.split(","))
-    out = {"records": [], "layers": [], "memory": [], "alternatives": []}
+    by_isa = {path: {"records": [], "layers": [], "memory": [], "alternatives": [], "interleaved": []}
+              for path in args.isas}
+    out = by_isa[args.isas[0]]
     records = out["records"]
     dense_cache: dict[tuple, dict] = {}
     for name in models:
@@ -160,11 +190,14 @@ def run_grid(args, on_model_done=None) -> dict:
         for block in blocks:
             for sparsity in sparsities:
                 t0 = time.perf_counter()
+                os.environ[isa.CAPABILITY_ENV] = args.isas[0]
                 compiled = crisp.compile(model, (inputs[batches[0]],), target="cpu", pattern="2:4", block=block,
                                          sparsity=sparsity, verify=False)
                 compile_s = time.perf_counter() - t0
-                print(f"{name} B{block} s{sparsity}: compiled in {compile_s:.1f}s, achieved sparsity "
-                      f"{compiled.sparsity:.4f}, kernels {compiled.artifacts.get('cpu_kernels')}", flush=True)
+                variants = {path: lowered_for(path, compiled, inputs[batches[0]]) for path in args.isas}
+                print(f"{name} B{block} s{sparsity}: compiled in {compile_s:.1f}s (+ {len(variants) - 1} other path(s) in "
+                      f"{time.perf_counter() - t0 - compile_s:.1f}s), achieved sparsity {compiled.sparsity:.4f}, kernels "
+                      f"{compiled.artifacts.get('cpu_kernels')}", flush=True)
                 for batch in batches:
                     for threads in threads_list:
                         key = (name, batch, threads)
@@ -198,84 +231,22 @@ def run_grid(args, on_model_done=None) -> dict:
                                             "achieved_sparsity": compiled.sparsity, "batch": batch, "threads": threads,
                                             "method": method, **res[method]})
                         line = ", ".join(f"{m} {res[m]['median_ms']:.1f}" for m in methods if "median_ms" in res[m])
+                        config = (name, block, sparsity, batch, threads)
+                        for path, variant in variants.items():
+                            os.environ[isa.CAPABILITY_ENV] = path
+                            if variant is not compiled:  # the dense peers are the same for every path
+                                mine = cpu_bench.compare_model(model, inputs[batch], variant, block=block, threads=threads,
+                                                               methods=("crisp_cpu",), budget_s=args.budget)["crisp_cpu"]
+                                by_isa[path]["records"].extend({**r, **mine} if r["method"] == "crisp_cpu" else r
+                                                               for r in records[-len(methods):])
+                                line += f", crisp_cpu[{path}] {mine.get('median_ms', float('nan')):.1f}"
+                            record_extras(args, by_isa[path], model, variant, inputs[batch], config,
+                                          last_threads=threads == threads_list[-1])
                         print(f"  batch {batch}, {threads} thread(s): {line} (ms)", flush=True)
-                        record_extras(args, out, model, compiled, inputs[batch], (name, block, sparsity, batch, threads),
-                                      last_threads=threads == threads_list[-1])
-                del compiled
+                del compiled, variants
         if on_model_done is not None:  # write what we have: a long run that dies keeps its finished models
-            on_model_done(out)
-    return out
-
-
-def check_targets(data) -> list[dict]:
-    """Each target of the issue with its measured value; ``met`` is None when it was not measured."""
-    out = []
-    base = {k: TARGET[k] for k in ("model", "block", "sparsity", "batch", "threads")}
-    cpu = lookup(data["records"], **base, method="crisp_cpu")
-    speedups = {**TARGET_SPEEDUPS, "onnxruntime_dense": ORT_TARGET.get(data["environment"].get("cpu_isa"), 3.0)}
-    for method, need in speedups.items():
-        peer = lookup(data["records"], **base, method=method)
-        if cpu is None or peer is None or "median_ms" not in cpu or "median_ms" not in peer:
-            out.append({"target": f"ResNet-50 >= {need:g}x faster than {method}", "value": None, "met": None})
-            continue
-        speedup = peer["median_ms"] / cpu["median_ms"]
-        out.append({"target": f"ResNet-50 >= {need:g}x faster than {method}", "value": round(speedup, 2),
-                    "detail": f"{peer['median_ms']:.2f} ms vs {cpu['median_ms']:.2f} ms", "met": speedup >= need})
-    one = {**base, "threads": 1}
-    cpu1 = lookup(data["records"], **one, method="crisp_cpu")
-    for method, need in TARGET_SPEEDUPS.items():  # the same at 1 thread in CPU time: robust on a shared machine
-        peer = lookup(data["records"], **one, method=method)
-        if cpu1 and peer and "cpu_median_ms" in cpu1 and "cpu_median_ms" in peer:
-            speedup = peer["cpu_median_ms"] / cpu1["cpu_median_ms"]
-            out.append({"target": f"(1 thread, CPU time, informative) ResNet-50 >= {need:g}x faster than {method}",
-                        "value": round(speedup, 2), "detail": f"{peer['cpu_median_ms']:.2f} ms vs {cpu1['cpu_median_ms']:.2f} ms",
-                        "met": speedup >= need})
-    for mem in data.get("memory", []):
-        if mem["model"] == TARGET["model"]:
-            d, c = mem["torch_dense"]["total_bytes"], mem["crisp_cpu"]["total_bytes"]
-            out.append({"target": "ResNet-50 peak inference memory <= dense", "value": round(c / d, 3),
-                        "detail": f"{c / 1e6:.1f} MB vs {d / 1e6:.1f} MB", "met": c <= d})
-    layers = next((lr["layers"] for lr in data["layers"] if all(lr[k] == v for k, v in base.items())), None)
-    for kind in ("conv1x1", "conv3x3"):
-        if layers is None:
-            out.append({"target": f"every ResNet-50 {kind} layer >= 70% of the block-skip limit", "value": None, "met": None})
-            continue
-        mine = [t for t in layers if t["kind"] == kind]
-        below = [t for t in mine if t["efficiency"] < TARGET_LAYER_EFFICIENCY]
-        total = sum(t["limit_ms"] for t in mine) / sum(t["crisp_ms"] for t in mine)
-        worst = min(mine, key=lambda t: t["efficiency"])
-        out.append({
-            "target": f"every ResNet-50 {kind} layer >= 70% of the block-skip limit",
-            "value": round(min(t["efficiency"] for t in mine), 3),
-            "detail": f"{len(below)} of {len(mine)} layers below 70%; worst {worst['name']} at {worst['efficiency']:.0%}; "
-                      f"all {kind} layers together reach {total:.0%}",
-            "met": not below,
-        })
-    one_thread = next((lr["layers"] for lr in data["layers"] if all(lr[k] == v for k, v in one.items())), None)
-    readings = (  # (label, layers, limit of a layer, crisp time of a layer)
-        ("(informative: limit = dense x kept-block share) every ResNet-50 {kind} layer >= 70%", layers,
-         lambda t: t["dense_ms"] * t["block_density"], lambda t: t["crisp_ms"]),
-        ("(1 thread, CPU time, informative) every ResNet-50 {kind} layer >= 70% of the block-skip limit", one_thread,
-         lambda t: t["dense_cpu_ms"] * t["density"], lambda t: t["crisp_cpu_ms"]),
-    )
-    for label, rows, limit, took in readings:
-        for kind in ("conv1x1", "conv3x3"):
-            mine = [t for t in rows or [] if t["kind"] == kind and limit(t) == limit(t) and took(t) == took(t)]
-            if mine:
-                out.append(_layer_target(label.format(kind=kind), kind, {t["name"]: (limit(t), took(t)) for t in mine}))
-    return out
-
-
-def _layer_target(label: str, kind: str, times: dict[str, tuple[float, float]]) -> dict:
-    """A per-layer target line from {layer: (limit ms, crisp ms)}; NaN-free input."""
-    eff = {name: lim / took for name, (lim, took) in times.items()}
-    below = [n for n, e in eff.items() if e < TARGET_LAYER_EFFICIENCY]
-    worst = min(eff, key=eff.get)
-    total = sum(lim for lim, _ in times.values()) / sum(took for _, took in times.values())
-    return {"target": label, "value": round(eff[worst], 3),
-            "detail": f"{len(below)} of {len(eff)} layers below 70%; worst {worst} at {eff[worst]:.0%}; "
-                      f"all {kind} layers together reach {total:.0%}",
-            "met": not below}
+            on_model_done(by_isa)
+    return by_isa
 
 
 def plot(data) -> bytes:
@@ -335,25 +306,29 @@ def write_results(data: dict, out: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.isa:
-        os.environ[isa.CAPABILITY_ENV] = args.isa
-    if not fast_kernel.available():
-        print(f"fast kernels unavailable: {fast_kernel.unavailable_reason()}", file=sys.stderr)
-    data = {"environment": environment(), "config": vars(args)}
+    datas = {}
+    for path in args.isas:
+        os.environ[isa.CAPABILITY_ENV] = path
+        if not fast_kernel.available():
+            print(f"fast kernels unavailable: {fast_kernel.unavailable_reason()}", file=sys.stderr)
+        datas[path] = {"environment": environment(), "config": vars(args)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    def write(results: dict) -> None:
-        data.update(results)
-        data["environment"]["load_average_end"] = os.getloadavg()
-        data["targets"] = check_targets(data)
-        write_results(data, out)
+    def write(by_isa: dict) -> None:
+        for path, results in by_isa.items():
+            data = datas[path]
+            data.update(results)
+            data["environment"]["load_average_end"] = os.getloadavg()
+            data["targets"] = check_targets(data)
+            write_results(data, out)
 
     write(run_grid(args, on_model_done=write))
-    print(f"\nwrote {out / result_stem(data)}.json, .md and .png ({data['environment']['cpu_isa']} path)")
-    for t in data["targets"]:
-        status = "not measured" if t["met"] is None else ("met" if t["met"] else "MISSED")
-        print(f"  {t['target']}: {t['value']} {t.get('detail', '')} -> {status}")
+    for data in datas.values():
+        print(f"\nwrote {out / result_stem(data)}.json, .md and .png ({data['environment']['cpu_isa']} path)")
+        for t in data["targets"]:
+            status = "not measured" if t["met"] is None else ("met" if t["met"] else "MISSED")
+            print(f"  {t['target']}: {t['value']} {t.get('detail', '')} -> {status}")
     return 0
 
 

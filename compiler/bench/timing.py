@@ -41,3 +41,27 @@ def measure(run: Callable[[], object], *, warmup: int = 2, min_runs: int = 5, ma
         times.append((time.perf_counter() - t0) * 1e3)
         cpu.append((time.process_time() - c0) * 1e3)
     return Timing(statistics.median(times), min(times), len(times), statistics.median(cpu), times)
+
+
+def interleaved(run: Callable[[], object], others: dict[str, Callable[[], object]], *, rounds: int = 3,
+                budget_s: float = 2.0) -> dict:
+    """``run`` timed alone and with ``others`` run between its calls in the same loop (their thread
+    pools wake and spin between two of ``run``'s calls), in alternating phases so that both see the
+    same machine: {"alone_ms", "interleaved_ms" (medians of ``run``'s own time), "ratio", "with"}."""
+    alone: list[float] = []
+    mixed: list[float] = []
+    for fn in (run, *others.values()):  # warm-up
+        fn()
+    for _ in range(rounds):
+        for times, between in ((alone, ()), (mixed, tuple(others.values()))):
+            start = time.perf_counter()
+            count = 0
+            while count < 3 or time.perf_counter() - start < budget_s / (2 * rounds):
+                for fn in between:
+                    fn()
+                t0 = time.perf_counter()
+                run()
+                times.append((time.perf_counter() - t0) * 1e3)
+                count += 1
+    a, m = statistics.median(alone), statistics.median(mixed)
+    return {"alone_ms": a, "interleaved_ms": m, "ratio": m / a, "with": list(others), "runs": [len(alone), len(mixed)]}
