@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 
 import torch
 
@@ -38,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
         reason = compiled.artifacts.get("reason")
         path = f" on the {compiled.artifacts['cpu_isa']} path, CPU {compiled.artifacts['cpu']}" if kernels == "fast" else ""
         print(f"target {compiled.target}: {kernels} kernels{path}" + (f" ({reason})" if reason else ""))
+        chosen = Counter(c["kernel"] for c in compiled.artifacts.get("kernel_choices", {}).values())
+        if chosen:
+            print("per-layer kernels (chosen by measurement at compile time; crisp bench shows each layer's times): "
+                  + ", ".join(f"{k} {v}" for k, v in chosen.most_common()) + " (dense: torch's own conv / linear)")
     print("running the compiled model and the masked dense model on a random image ...", flush=True)
     y = compiled(x)
     dense = crisp.apply_masks(model, compiled.masks)
