@@ -3,13 +3,15 @@
 :func:`cpu_pipeline` is the pass list (each pass works on a copy; the lowered graph module the
 backend receives is never changed):
 
-1. :class:`FuseSparseLayersForCpu`: each pruned layer's subgraph becomes one fast-kernel call on a
-   weight packed for that kernel, bias, ReLU / ReLU6 and residual adds fused; activations flow
-   channels-last from there on;
+1. :class:`FuseSparseLayersForCpu`: each pruned layer's subgraph becomes one call of the kernel
+   measured fastest for it (crisp's channel or rows kernel on a weight packed for it, or torch's
+   own conv / linear on the whole weight where no sparse kernel wins), bias, ReLU / ReLU6 and
+   residual adds fused; activations flow channels-last from there on;
 2. :class:`FoldDenseBatchNorms`: BatchNorms after the layers left dense fold into them;
 3. :class:`LowerDepthwiseConvs`: dense depthwise convs (MobileNetV2) on crisp's depthwise kernel;
-4. :class:`LowerDenseConvs`: the other dense convs on the sparse kernels with every weight kept;
-5. :class:`LowerPools`: MaxPool2d and global average pools on crisp's channels-last pools, so that
+4. :class:`LowerDenseConvs`: the other dense convs on crisp's kernels with every weight kept or on
+   torch's conv, whichever measures faster;
+5. :class:`LowerPools`: MaxPool2d and average pools on crisp's channels-last pools, so that
    no other thread pool wakes between two layers.
 
 The backend returns the result with what each pass did as artifacts. If the fast kernels cannot
