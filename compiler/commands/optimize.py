@@ -26,6 +26,9 @@ def register(sub) -> None:
     add_allocation_arg(p)
     p.add_argument("--format", choices=("compact", "dense"), default="compact",
                    help="compact: crisp nodes defined by ONNX functions (default); dense: zeros in place")
+    p.add_argument("--body", choices=("auto", "measure", "blocks", "dense"), default="auto",
+                   help="compact format: how each layer computes; auto: kept blocks or the dense op by a cost model "
+                        "(default); measure: the faster of both, timed per layer in onnxruntime; blocks; dense")
     p.add_argument("--saliency", choices=("magnitude", "taylor"), default="magnitude",
                    help="magnitude (data-free, default) or taylor (class-aware, needs --calibration)")
     p.add_argument("--calibration", metavar="FILE", help=".npy of inputs, or .npz with 'inputs' (and optional 'labels')")
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         args.input, pattern=args.pattern, block=args.block, sparsity=args.sparsity, saliency=args.saliency,
         calibration=_calibration(args.calibration), classes=_classes(args.classes), format=args.format,
         exclude=tuple(args.exclude), progress=None if not args.quiet else False, allocation=args.allocation,
+        body=args.body,
     )
     save_model(result.model, args.output, external_data=True if args.external_data else None)
     if args.report:

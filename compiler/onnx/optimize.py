@@ -27,6 +27,7 @@ from crisp.errors import ModelError
 from crisp.progress import progress as progress_bar
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 from crisp.sparsity.gemm_view import gemm_to_weight, weight_to_gemm
+from crisp.onnx.layer_timing import decide_body
 from crisp.onnx.io import check_input, default_opset, initializer_map, load_model, tensor_nbytes, upgrade_opset
 from crisp.onnx.report import OnnxLayerReport, OnnxOptimizeReport
 from crisp.onnx.saliency import onnx_taylor_saliency
@@ -108,7 +109,9 @@ def optimize_onnx_with_report(
     ``body`` (compact format only) says how each layer's function computes: ``"blocks"`` gathers
     the kept input columns per block-row and multiplies the kept blocks, ``"dense"`` rebuilds the
     dense weight (once, at session creation) and calls the standard op, ``"auto"`` (default) picks
-    the faster per layer by a cost model (:func:`crisp.onnx.compact.choose_body`)."""
+    the faster per layer by a cost model (:func:`crisp.onnx.compact.choose_body`), ``"measure"`` by
+    timing both forms of each layer in onnxruntime on its input shape (2 threads; seconds for a
+    ResNet-50; not deterministic). The report's ``execution_reason`` says why, per layer."""
     start = time.perf_counter()
     pat = resolve_pattern(pattern, block if not isinstance(pattern, Pattern) else None)
     target = check_sparsity(sparsity, pat)
@@ -195,7 +198,9 @@ def _rewrite(model, pruned, weights, selection, pattern, format, body, metadata,
             write_dense_layer(model, layer, weight * mask)
             layer.body = None if format == "dense" else FP16_DENSE
         else:
-            write_compact_layer(model, layer, HybridSparseTensor.from_dense(weight, mask, pattern), functions)
+            hst = HybridSparseTensor.from_dense(weight, mask, pattern)
+            chosen, layer.body_reason, layer.timing = decide_body(model, layer, hst, weight * mask, pattern, functions.opset, body)
+            write_compact_layer(model, layer, hst, functions, chosen)
     if format == "compact":
         finish_compact_model(model, functions, pruned, metadata)
     else:
@@ -219,6 +224,9 @@ def _fill_report(report: OnnxOptimizeReport, model: onnx.ModelProto, layers, sel
             row.stored_bytes = sum(sizes.get(n, 0) for n in names)
             row.metadata_bytes = sum(sizes[n] for n in names[1:])
             row.execution = layer.body
+            row.execution_reason = layer.body_reason or None
+            if layer.timing is not None:
+                row.measured_blocks_ms, row.measured_dense_ms = layer.timing.blocks_ms, layer.timing.dense_ms
             crisp_tensors.update(names)
         report.layers.append(row)
     report.dense_weight_bytes = sum(r.dense_bytes for r in report.pruned_layers)

@@ -31,6 +31,9 @@ class OnnxLayerReport:
     metadata_bytes: int = 0
     out_positions: int | None = None
     execution: str | None = None  # compact format: "blocks" or "dense" (how the layer's function computes)
+    execution_reason: str | None = None  # why: the cost model's numbers or the measured times
+    measured_blocks_ms: dict[int, float] | None = None  # body="measure": CPU ms of the kept blocks, per batch size
+    measured_dense_ms: dict[int, float] | None = None  # body="measure": CPU ms of the standard op on the masked weight
 
     @property
     def density(self) -> float | None:
@@ -105,7 +108,8 @@ class OnnxOptimizeReport:
         ]
         rows = [[layer.name[-44:], layer.op_type, "x".join(map(str, layer.gemm_shape)) if layer.gemm_shape else "-",
                  f"{layer.kept_blocks_per_row}/{layer.blocks_per_row}" if layer.pruned else "-",
-                 f"{layer.density:.3f}" if layer.density is not None else "-", layer.execution or "-", layer.reason]
+                 f"{layer.density:.3f}" if layer.density is not None else "-", layer.execution or "-",
+                 layer.reason + (f"; runs as {layer.execution}: {layer.execution_reason}" if layer.execution_reason else "")]
                 for layer in self.layers]
         lines.append(table(rows, ["layer", "op", "gemm (rows x K)", "blocks/row", "density", "runs as", "reason"],
                            align="llrrrrl"))
@@ -117,6 +121,7 @@ class OnnxOptimizeReport:
             f"{self.untouched_bytes / 1e6:.2f} MB; opset {self.opset_in} -> {self.opset_out}; {self.seconds:.1f} s"
         )
         if any(layer.execution == "dense" for layer in pruned):
-            lines.append("runs as dense: the layer keeps too many blocks for gathering them to beat the standard op "
-                         "(cost model, crisp.onnx.compact.cost); its weight is still stored compactly and decoded once at load")
+            lines.append("runs as dense: gathering the kept blocks would be slower than the standard op (by the cost model of "
+                         "crisp.onnx.compact.cost, or measured with body='measure'; the numbers are in the layer's reason); its "
+                         "weight is still stored compactly and decoded once at load")
         return "\n".join(lines)

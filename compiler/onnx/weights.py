@@ -13,6 +13,7 @@ The GEMM view is the one of :mod:`crisp.sparsity.gemm_view`: rows are output cha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -49,6 +50,9 @@ class OnnxLayer(LayerInfo):
     bias: np.ndarray | None = None  # a Gemm's constant C
     body: str | None = None  # how the compact node computes, once written
     compact_names: tuple[str, ...] = ()  # initializers of the compact node, once written
+    input_dims: tuple[int | None, ...] | None = None  # the activation's shape by shape inference (None: unknown dim)
+    body_reason: str = ""  # why the compact node computes as it does
+    timing: Any = None  # crisp.onnx.layer_timing.LayerTiming when body="measure" timed the layer
 
     def weight_from_onnx(self, array: np.ndarray) -> torch.Tensor:
         """The ONNX weight array in the torch layout of ``weight_shape``."""
@@ -221,16 +225,18 @@ def _bind_linear(layer: OnnxLayer, node: onnx.NodeProto, weight: np.ndarray, fac
 
 
 def set_out_positions(model: onnx.ModelProto, layers: list[OnnxLayer]) -> None:
-    """Fill ``out_positions`` from ONNX shape inference where the output shape is known."""
+    """Fill ``out_positions`` (where the output shape is known) and ``input_dims`` from ONNX shape inference."""
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False)
     except Exception:  # shape inference is best effort here; the report then shows no MACs
         return
     shapes = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
         dims = vi.type.tensor_type.shape.dim
         shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     for layer in layers:
+        if shapes.get(layer.input_name):
+            layer.input_dims = tuple(shapes[layer.input_name])
         dims = shapes.get(layer.output_name)
         if not dims:
             continue

@@ -40,9 +40,11 @@ def _node_at(model: onnx.ModelProto, layer: OnnxLayer) -> onnx.NodeProto:
     return node
 
 
-def write_compact_layer(model: onnx.ModelProto, layer: OnnxLayer, hst: HybridSparseTensor, functions: FunctionSet) -> None:
+def write_compact_layer(model: onnx.ModelProto, layer: OnnxLayer, hst: HybridSparseTensor, functions: FunctionSet,
+                        body: str | None = None) -> None:
     """Replace ``layer``'s node (in place, same name and output) by a ``crisp`` node on the
-    compact tensors of ``hst``; the values take the weight initializer's name and place."""
+    compact tensors of ``hst``; the values take the weight initializer's name and place. ``body``
+    (the layer's chosen way, "blocks" or "dense") overrides the set's default."""
     trim = trims_rows(hst)
     bias_name = layer.bias_name
     tensors = compact_tensors(hst, layer.weight_name, scale=layer.alpha if layer.op_type == "Gemm" else 1.0)
@@ -55,8 +57,8 @@ def write_compact_layer(model: onnx.ModelProto, layer: OnnxLayer, hst: HybridSpa
             bias_name = f"{layer.bias_name}.crisp_bias"
             extra_inits.append(numpy_helper.from_array(np.ascontiguousarray(flat), bias_name))
     has_bias = bias_name is not None
-    body = functions.body
-    if body == "auto":
+    body = body or functions.body
+    if body in ("auto", "measure"):
         body = choose_body(hst, layer.kind, layer.conv.pointwise if layer.kind == "conv" else True)
     layer.body = body
     if layer.kind == "conv":

@@ -119,12 +119,12 @@ def test_both_formats_pass_the_full_checker_and_agree(results):
     assert not np.allclose(dense, run(model, X), rtol=1e-3)  # pruning really happened
 
 
-@pytest.mark.parametrize("body", ["auto", "dense"])
+@pytest.mark.parametrize("body", ["auto", "measure", "dense"])
 def test_other_bodies_compute_the_same(results, body):
     model, out = results
     res = optimize_onnx_with_report(model, block=BLOCK, sparsity=0.8, body=body)
     executions = {layer.execution for layer in res.report.pruned_layers}
-    assert executions <= {"blocks", "dense"} and (body == "auto" or executions == {body})
+    assert executions <= {"blocks", "dense"} and (body in ("auto", "measure") or executions == {body})
     assert all(np.array_equal(res.masks[k], out["compact"].masks[k]) for k in res.masks)
     want = run(out["dense"].model, X)
     np.testing.assert_allclose(run(res.model, X), want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))

@@ -32,10 +32,11 @@ small model pays for every byte of them):
 standard Conv/Gemm (after constant folding this runs like the dense model; the file stays
 compact). ``body="auto"`` (the optimizer's default) picks per layer with :func:`choose_body`:
 gathering kept blocks pays when a layer keeps few of them, the dense op is faster otherwise.
+``body="measure"`` times both forms of each layer in onnxruntime instead (:mod:`crisp.onnx.layer_timing`).
 """
 
 from crisp.onnx.compact.body import BODIES, COLS_ATTR, DOMAIN, DOMAIN_VERSION, MIN_OPSET
-from crisp.onnx.compact.cost import choose_body
+from crisp.onnx.compact.cost import body_costs, choose_body, cost_reason
 from crisp.onnx.compact.decoder import weight_function, weight_function_name
 from crisp.onnx.compact.functions import (
     IN_CHANNELS_ATTR, ConvGeometry, FunctionSet, conv_attributes, conv_function, conv_function_name, gemm_function,
@@ -47,7 +48,7 @@ from crisp.onnx.compact.tensors import (
 
 __all__ = [
     "BODIES", "COLS_ATTR", "DOMAIN", "DOMAIN_VERSION", "IN_CHANNELS_ATTR", "MIN_OPSET", "CompactTensors", "ConvGeometry",
-    "FunctionSet", "conv_attributes", "choose_body", "compact_node", "compact_tensors", "conv_function", "conv_function_name",
+    "FunctionSet", "body_costs", "conv_attributes", "choose_body", "cost_reason", "compact_node", "compact_tensors", "conv_function", "conv_function_name",
     "gemm_function", "gemm_function_name", "index_bytes_for", "stored_value_columns", "trims_rows", "weight_function",
     "weight_function_name",
 ]

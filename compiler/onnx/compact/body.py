@@ -11,7 +11,7 @@ DOMAIN = "crisp"
 DOMAIN_VERSION = 1
 MIN_OPSET = 13  # the bodies use Unsqueeze/ReduceSum/Slice/Pad with tensor inputs
 COLS_ATTR = "cols"  # node attribute: K, the GEMM width of the layer
-BODIES = ("auto", "blocks", "dense")
+BODIES = ("auto", "measure", "blocks", "dense")  # auto: cost model; measure: timed per layer
 INT64_MAX = int(np.iinfo(np.int64).max)
 
 

@@ -143,7 +143,7 @@ def gemm_function(pattern: Pattern, has_bias: bool, trim_rows: bool, trans_a: bo
 
 class FunctionSet:
     """The model-local functions one model needs, each built once. ``body`` is the default way of
-    every layer ("auto" chooses per layer with :func:`choose_body`)."""
+    every layer ("auto" and "measure" choose per layer: :func:`choose_body`, :mod:`crisp.onnx.layer_timing`)."""
 
     def __init__(self, pattern: Pattern, opset: int, body: str = "blocks"):
         if body not in BODIES:
@@ -161,8 +161,8 @@ class FunctionSet:
 
     def _body(self, body: str | None) -> str:
         body = body or self.body
-        if body == "auto":
-            raise ValueError("pass the chosen body of the layer (see choose_body) when the set's body is 'auto'")
+        if body in ("auto", "measure"):
+            raise ValueError(f"pass the chosen body of the layer (see choose_body) when the set's body is {body!r}")
         return body
 
     def conv(self, geometry: ConvGeometry, has_bias: bool, trim_rows: bool, index_bytes: int = 1,
