@@ -73,7 +73,6 @@ inline void cpu_relax() {
 
 constexpr int64_t kBusySpinMicros = 100;  // how long an idle helper spins on its core
 constexpr int64_t kSpinMicros = 400;      // how long it checks for work (yielding) before it sleeps
-constexpr int64_t kJoinSpinMicros = 20;   // how long the caller spins for helpers still on their last item
 
 class WorkPool {
  public:
@@ -122,7 +121,7 @@ class WorkPool {
       std::lock_guard<std::mutex> lock(mu_);
       open_ = false;  // no helper joins from now on
     }
-    wait_for_helpers();
+    while (active_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
     job_ = nullptr;
     if (error_) {
       std::exception_ptr e = error_;
@@ -132,23 +131,6 @@ class WorkPool {
   }
 
  private:
-  // Wait for the helpers that claimed items of the closed job: spin briefly (the usual case: a
-  // helper finishing its last item), then block. Blocking frees the caller's core, so that a
-  // helper the scheduler preempted mid-item (another process, or another thread pool of this one,
-  // spinning on its core) is moved there and finishes, instead of waiting behind the spinner for
-  // a whole time slice (milliseconds) while the caller yields to nobody.
-  void wait_for_helpers() {
-    const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(kJoinSpinMicros);
-    for (int i = 0; active_.load(std::memory_order_acquire) != 0; ++i) {
-      if ((i & 15) == 15 && std::chrono::steady_clock::now() > spin_until) {
-        std::unique_lock<std::mutex> lock(mu_);
-        done_cv_.wait(lock, [&] { return active_.load(std::memory_order_acquire) == 0; });
-        return;
-      }
-      cpu_relax();
-    }
-  }
-
   int64_t work(const std::function<void(int64_t)>& fn, int64_t items) {  // returns the items it did
     for (int64_t done = 0;; ++done) {
       const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
@@ -217,15 +199,12 @@ class WorkPool {
       }
       if (fn == nullptr) continue;
       stat_helper_items.fetch_add(work(*fn, items), std::memory_order_relaxed);
-      if (active_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-        std::lock_guard<std::mutex> lock(mu_);  // under the lock: a caller between its check and its wait is woken
-        done_cv_.notify_all();
-      }
+      active_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
 
   std::mutex run_mu_, mu_, error_mu_;
-  std::condition_variable cv_, done_cv_;  // a job published / the last claimed item of a closed job done
+  std::condition_variable cv_;
   const std::function<void(int64_t)>* job_ = nullptr;
   int64_t total_ = 0, wanted_ = 0, joined_ = 0;
   size_t helpers_ = 0;
