@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from crisp.runtime import dense_path
 
 
-@pytest.mark.parametrize("width, padding, dilation, stride", [(1, 1, 2, 2), (1, 2, 2, 3), (5, 1, 2, 1)])
+@pytest.mark.parametrize("width, padding, dilation, stride", [(1, 1, 2, 2), (1, 2, 2, 3), (5, 1, 2, 1), (1, 2, 1, 3)])
 def test_dense_conv_equals_torch_on_unit_kernel_axes_with_dilation(width, padding, dilation, stride):
     """Run in a child process: on the first two geometries torch's own channels-last conv kills the
     process with SIGSEGV; crisp's dense path must compute them (dilation is irrelevant on a size-1 axis)."""
@@ -33,6 +33,13 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])
+
+
+def test_outputs_that_see_only_padding_are_found():
+    assert dense_path.reads_only_padding((14, 1), (3, 1), (1, 3), (1, 2), (1, 1))  # width: taps at 0 and 3, input at 2
+    assert dense_path.reads_only_padding((1, 1), (125, 1), (2, 2), (63, 63), (1, 1))  # pytorch/pytorch#195394's shape
+    assert not dense_path.reads_only_padding((56, 56), (3, 3), (1, 1), (1, 1), (1, 1))  # a ResNet 3x3
+    assert not dense_path.reads_only_padding((7, 7), (1, 1), (2, 2), (0, 0), (1, 1))  # a strided 1x1
 
 
 def test_unit_dilation_keeps_dilation_on_real_kernel_axes():
