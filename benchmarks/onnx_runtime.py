@@ -16,7 +16,7 @@ at 2:4, 32x32 blocks, 90 % sparsity (magnitude saliency). Variants, in one proce
 
 Per variant: file size, session creation (load) time, the median wall-clock time of repeated runs at
 batch 1 and 8 after warm-up (variants timed round-robin, so that load from other processes hits them
-alike), and, contention-robust, the CPU time of one run at 1 thread (median of a few). The load
+alike), and, contention-robust, the CPU time of one run at 1 thread (median of a few) per batch. The load
 average is recorded at the start and the end: run it alone, e.g. under ``flock /work/notes/bench.lock``.
 Writes ``benchmarks/results/onnx_runtime.{json,md}``.
 
@@ -143,24 +143,25 @@ def time_batches(name: str, sessions: dict, entry: dict, batches: tuple[int, ...
               flush=True)
 
 
-def time_cpu(name: str, paths: dict[str, Path], entry: dict) -> None:
-    """CPU ms of one batch-1 run at 1 thread, spinning off (other processes barely change it)."""
-    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+def time_cpu(name: str, paths: dict[str, Path], entry: dict, batches: tuple[int, ...]) -> None:
+    """CPU ms of one run at 1 thread, spinning off (other processes barely change it), per batch."""
     sessions = {v: session(p, threads=1, spinning=False)[0] for v, p in paths.items()}
-    for s in sessions.values():
-        s.run(None, {"image": x})
-    cpu: dict[str, list[float]] = {v: [] for v in sessions}
-    for _ in range(CPU_REPEATS):
-        for v, s in sessions.items():
-            start = time.thread_time()
+    for batch in batches:
+        x = np.random.default_rng(1).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+        for s in sessions.values():
             s.run(None, {"image": x})
-            cpu[v].append(time.thread_time() - start)
-    base = statistics.median(cpu["dense input"])
-    for v, ts in cpu.items():
-        entry["variants"][v]["cpu_ms_1thread_b1"] = 1e3 * statistics.median(ts)
-        entry["variants"][v]["cpu_speedup_1thread_b1"] = base / statistics.median(ts)
-    print(f"[{name}] 1-thread CPU ms: " + ", ".join(f"{v} {entry['variants'][v]['cpu_ms_1thread_b1']:.1f}" for v in sessions),
-          flush=True)
+        cpu: dict[str, list[float]] = {v: [] for v in sessions}
+        for _ in range(CPU_REPEATS):
+            for v, s in sessions.items():
+                start = time.thread_time()
+                s.run(None, {"image": x})
+                cpu[v].append(time.thread_time() - start)
+        base = statistics.median(cpu["dense input"])
+        for v, ts in cpu.items():
+            entry["variants"][v][f"cpu_ms_1thread_b{batch}"] = 1e3 * statistics.median(ts)
+            entry["variants"][v][f"cpu_speedup_1thread_b{batch}"] = base / statistics.median(ts)
+        print(f"[{name}] 1-thread CPU ms, batch {batch}: "
+              + ", ".join(f"{v} {entry['variants'][v][f'cpu_ms_1thread_b{batch}']:.1f}" for v in sessions), flush=True)
 
 
 def bench_model(name: str, folder: Path, batches: tuple[int, ...]) -> dict:
@@ -179,7 +180,7 @@ def bench_model(name: str, folder: Path, batches: tuple[int, ...]) -> dict:
         entry["variants"][variant].update(file_bytes=path.stat().st_size, load_seconds=min(loads))
     time_batches(name, sessions, entry, batches)
     del sessions
-    time_cpu(name, paths, entry)
+    time_cpu(name, paths, entry, batches)
     for path in paths.values():
         path.unlink(missing_ok=True)
     return entry

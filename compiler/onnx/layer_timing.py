@@ -14,7 +14,7 @@ import onnxruntime as ort
 import torch
 from onnx import helper, numpy_helper
 
-from crisp.onnx.compact.cost import choose_body, cost_reason
+from crisp.onnx.compact.cost import choose_body, context_fraction, cost_reason
 from crisp.onnx.compact.functions import FunctionSet
 from crisp.onnx.weights import OnnxLayer
 from crisp.onnx.write import finish_compact_model, write_compact_layer, write_dense_layer
@@ -34,17 +34,20 @@ class LayerTiming:
 
     blocks_ms: dict[int, float]
     dense_ms: dict[int, float]
+    context: float = 0.0  # what kept blocks cost the model around the layer, as a fraction of its dense time
 
     @property
     def faster(self) -> str:
-        """``"blocks"`` when the kept blocks beat the dense op at every timed batch, else ``"dense"``."""
-        return "blocks" if all(self.blocks_ms[b] < self.dense_ms[b] for b in self.blocks_ms) else "dense"
+        """``"blocks"`` when the kept blocks, plus their cost to the model around them, beat the dense op
+        at every timed batch, else ``"dense"``."""
+        return "blocks" if all(self.blocks_ms[b] + self.context * self.dense_ms[b] < self.dense_ms[b]
+                               for b in self.blocks_ms) else "dense"
 
     def reason(self) -> str:
         batches = " / ".join(map(str, self.blocks_ms))
         return (f"measured in onnxruntime (CPU ms at batch {batches}): kept blocks "
-                f"{' / '.join(f'{v:.3f}' for v in self.blocks_ms.values())}, dense op "
-                f"{' / '.join(f'{v:.3f}' for v in self.dense_ms.values())}")
+                f"{' / '.join(f'{v:.3f}' for v in self.blocks_ms.values())} (+{100 * self.context:.0f} % of dense for the "
+                f"unfused ops around them), dense op {' / '.join(f'{v:.3f}' for v in self.dense_ms.values())}")
 
 
 def _single_layer_model(model: onnx.ModelProto, layer: OnnxLayer, dims: list[int]) -> onnx.ModelProto | None:
@@ -120,7 +123,7 @@ def time_layer(model: onnx.ModelProto, layer: OnnxLayer, hst: HybridSparseTensor
             return None
         ms = time_models(models, dims, threads)
         blocks[dims[0]], dense[dims[0]] = ms["blocks"], ms["dense"]
-    return LayerTiming(blocks_ms=blocks, dense_ms=dense)
+    return LayerTiming(blocks_ms=blocks, dense_ms=dense, context=context_fraction(hst, layer.kind))
 
 
 def measure_shapes(layer: OnnxLayer) -> list[list[int]] | None:

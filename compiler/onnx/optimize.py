@@ -227,6 +227,7 @@ def _fill_report(report: OnnxOptimizeReport, model: onnx.ModelProto, layers, sel
             row.execution_reason = layer.body_reason or None
             if layer.timing is not None:
                 row.measured_blocks_ms, row.measured_dense_ms = layer.timing.blocks_ms, layer.timing.dense_ms
+                row.measured_context = layer.timing.context
             crisp_tensors.update(names)
         report.layers.append(row)
     report.dense_weight_bytes = sum(r.dense_bytes for r in report.pruned_layers)

@@ -34,6 +34,7 @@ class OnnxLayerReport:
     execution_reason: str | None = None  # why: the cost model's numbers or the measured times
     measured_blocks_ms: dict[int, float] | None = None  # body="measure": CPU ms of the kept blocks, per batch size
     measured_dense_ms: dict[int, float] | None = None  # body="measure": CPU ms of the standard op on the masked weight
+    measured_context: float | None = None  # body="measure": the blocks' cost to the model around them, x dense time
 
     @property
     def density(self) -> float | None:
