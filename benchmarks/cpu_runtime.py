@@ -40,7 +40,7 @@ from crisp.bench.kernel_alternatives import kernel_alternatives
 from crisp.bench.timing import interleaved
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_runtime_report import TARGET, check_targets, lookup, markdown  # noqa: E402
+from cpu_runtime_report import TARGET, TARGET_LAYER_EFFICIENCY, check_targets, lookup, markdown  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
