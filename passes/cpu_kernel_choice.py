@@ -127,17 +127,22 @@ def layer_key(weight_shape: tuple, pattern: str, density: float, x_shape: tuple,
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 
-def time_candidates(calls: dict[str, object]) -> dict[str, float]:
-    """The median time (ms) of each call: one warm-up each, then rounds that run every call still in
-    the race once, so that a burst of load from another process hits all of them alike; a call
-    whose median is over ``_DROP`` x the best leaves the race (it cannot win). At least
-    ``_MIN_RUNS`` rounds, then more while within ``_RUN_BUDGET_S`` per candidate, up to ``_RUNS``.
-    The median, not the least time: a fork-join pool (torch's) that waits for a descheduled
-    thread on a shared machine loses a whole time slice in some runs, and that is what the
-    compiled model will see."""
+def time_candidates(calls: dict[str, object], fork_join: tuple[str, ...] = ("dense",)) -> dict[str, float]:
+    """The time (ms) of each call: one warm-up each, then rounds that run every call still in the
+    race once, so that a burst of load from another process hits all of them alike; a call over
+    ``_DROP`` x the best leaves the race (it cannot win). At least ``_MIN_RUNS`` rounds, then more
+    while within ``_RUN_BUDGET_S`` per candidate, up to ``_RUNS``. crisp's kernels count their
+    least disturbed run (their pool never waits for a helper that has not started, so that is
+    what they take); the ``fork_join`` candidates (torch's pool, whose barrier waits for a
+    descheduled thread and then loses a whole time slice) their median, which the compiled model
+    sees too."""
     for call in calls.values():
         call()
     runs: dict[str, list[float]] = {name: [] for name in calls}
+
+    def stat(name: str) -> float:
+        return statistics.median(runs[name]) if name in fork_join else min(runs[name])
+
     racing = list(calls)
     start = time.perf_counter()
     for r in range(_RUNS):
@@ -148,9 +153,9 @@ def time_candidates(calls: dict[str, object]) -> dict[str, float]:
             calls[name]()
             runs[name].append((time.perf_counter() - t) * 1e3)
         if r + 1 >= _MIN_RUNS:
-            fastest = min(statistics.median(runs[name]) for name in racing)
-            racing = [name for name in racing if statistics.median(runs[name]) <= _DROP * fastest]
-    return {name: statistics.median(times) for name, times in runs.items()}
+            fastest = min(stat(name) for name in racing)
+            racing = [name for name in racing if stat(name) <= _DROP * fastest]
+    return {name: stat(name) for name in runs}
 
 
 def pick(times: dict[str, float]) -> str:
