@@ -5,7 +5,8 @@ A *masker* owns how masks reach the model and what is trained:
 - :class:`SteMasker`: masks applied through the straight-through estimator; all weights train.
   Its ``select`` function turns saliency into masks (CRISP: the global hybrid selection).
 - :class:`LearnedMasker`: learned N:M masks with frozen weights; block selection (CRISP's,
-  on the learned N:M choice) sets which blocks stay; only the pattern logits train.
+  on the learned N:M choice) sets which blocks stay; the pattern logits train (with
+  ``train_affine``, also the BatchNorm affine parameters and the biases).
 
 :func:`run_schedule` does Alg. 1's loop: optional class-aware warm-up fine-tune (which also
 accumulates Taylor saliency), then for each scheduled sparsity select masks from the saliency
@@ -176,24 +177,32 @@ class SteMasker:
 
 
 class LearnedMasker:
-    """Learned N:M masks (frozen weights) inside CRISP-selected blocks; the logits train."""
+    """Learned N:M masks (frozen weights) inside CRISP-selected blocks; the logits train.
+
+    ``train_affine=True`` also trains the BatchNorm affine parameters and every bias (the conv and
+    linear weights stay frozen): a block cut removes most of a layer's inputs, and frozen weights
+    with their old per-channel scales and shifts cannot make up for it (with 2 user classes a
+    stale class prior alone puts the model at chance)."""
 
     def __init__(self, model: nn.Module, names: Sequence[str], pattern: Pattern,
                  init_saliency: dict[str, torch.Tensor] | None, init_scale: float = 10.0,
-                 allocation: str = DEFAULT_ALLOCATION):
+                 allocation: str = DEFAULT_ALLOCATION, train_affine: bool = False):
         self.model = model
         self.names = list(names)
         self.pattern = pattern
         self.allocation = allocation
         for p in model.parameters():
             p.requires_grad_(False)
+        self.affine = affine_parameters(model) if train_affine else []
+        for p in self.affine:
+            p.requires_grad_(True)
         self.learned = LearnedMasking(model, self.names, pattern, init_saliency, init_scale)
 
     def latent(self) -> dict[str, torch.Tensor]:
         return {n: latent_weight(self.model, n) for n in self.names}
 
     def trainable(self) -> list[nn.Parameter]:
-        return self.learned.parameters()
+        return self.learned.parameters() + self.affine
 
     def make_optimizer(self, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.trainable(), lr=lr, betas=(momentum, 0.999))
@@ -217,6 +226,17 @@ class LearnedMasker:
         for p in self.model.parameters():
             p.requires_grad_(True)
         return masks
+
+
+def affine_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The BatchNorm affine parameters and the biases of every module (no conv/linear weight)."""
+    out: list[nn.Parameter] = []
+    for module in model.modules():
+        norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for name, p in module.named_parameters(recurse=False):
+            if (norm or name == "bias") and all(p is not q for q in out):
+                out.append(p)
+    return out
 
 
 def gradient_pass(model: nn.Module, batches: Iterable, after_backward: Callable[[], None]) -> None:

@@ -10,7 +10,8 @@ of class-aware fine-tuning to estimate the first saliency, 3 block-pruning steps
 step, 2 epochs between steps, SGD (momentum 0.9, weight decay 5e-4, lr 0.01 with a cosine decay
 that restarts in every fine-tune phase, so each step recovers from its cut at the full rate; on
 the digits task this removed the collapses a single cosine over the whole run caused, judged on
-the validation split). ``method="learned"`` trains only the mask logits with Adam (lr 0.05).
+the validation split). ``method="learned"`` trains the mask logits with Adam (lr 0.05), and with block
+steps also the BatchNorm affine parameters and the biases.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def prune(
     (the schedule is ``1 - n/m``, then ``+Delta`` per step up to ``sparsity``).
     ``epochs_per_step``: fine-tuning epochs after each step. ``saliency``: ``"taylor"``
     (class-aware, Eq. 1) or ``"magnitude"``. ``method``: ``"crisp"`` (STE fine-tuning of the
-    weights) or ``"learned"`` (frozen weights, learned N:M masks inside CRISP-selected blocks).
+    weights) or ``"learned"`` (frozen weights, learned N:M masks inside CRISP-selected blocks; when
+    the schedule prunes blocks, the BatchNorm affine parameters and the biases train with the masks).
     ``shrink_head=True``: the classifier keeps only ``classes``' rows (output ``i`` is class
     ``classes[i]``; see :func:`crisp.pruning.head.to_original_classes`). ``callbacks`` are called with
     each :class:`StepRecord`. ``exclude`` names layers to keep dense. ``allocation``: how the
@@ -153,7 +155,8 @@ def prune(
         targets = checked_targets(work, pat, kappa, exclude, first[:1])
         names = [t.weight_name for t in targets if t.prunable]
 
-        masker, initial, warmup = _masker(work, names, pat, method, saliency, train, warmup_epochs, allocation)
+        masker, initial, warmup = _masker(work, names, pat, method, saliency, train, warmup_epochs, allocation,
+                                          blocks=len(schedule) > 1)
         records = run_schedule(
             work, masker, train, val,
             schedule=schedule, saliency=saliency, warmup_epochs=warmup,
@@ -191,13 +194,15 @@ def _class_batches(data: Iterable, classes: list[int], remap: bool, name: str) -
 
 
 def _masker(work: nn.Module, names: list[str], pat: Pattern, method: str, saliency: str, train: ClassBatches,
-            warmup_epochs: int, allocation: str) -> tuple[SteMasker | LearnedMasker, dict[str, torch.Tensor] | None, int]:
+            warmup_epochs: int, allocation: str, blocks: bool = False) -> tuple[SteMasker | LearnedMasker, dict[str, torch.Tensor] | None, int]:
     """The masker of ``method``, the saliency it starts from and the warm-up epochs left to run."""
     if method == "crisp":
         select = lambda sal, target: hybrid_select(sal, pat, target, allocation)[0]  # noqa: E731
         return SteMasker(work, names, select), None, warmup_epochs
     initial = _initial_saliency(work, names, train, saliency, warmup_epochs)
-    return LearnedMasker(work, names, pat, initial, allocation=allocation), initial, 0
+    # with block steps the BatchNorm affine parameters and biases train too (validation, 90 %, learned masks +
+    # blocks: small CNN 74.0 % with only the logits, 78.7 % with BatchNorm affine, 92.8 % with biases as well)
+    return LearnedMasker(work, names, pat, initial, allocation=allocation, train_affine=blocks), initial, 0
 
 
 def _initial_saliency(model: nn.Module, names: list[str], batches: Iterable, kind: str, passes: int) -> dict[str, torch.Tensor]:

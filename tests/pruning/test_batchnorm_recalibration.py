@@ -47,3 +47,22 @@ def test_single_sample_batches_keep_the_statistics():
 def test_no_batchnorm_is_a_no_op():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     assert recalibrate_batchnorm(model, [(torch.randn(4, 1, 2, 2), torch.zeros(4, dtype=torch.long))]) == 0
+
+
+def test_prune_recalibrates_after_the_last_mask_change():
+    """Frozen-weight magnitude 2:4 (no fine-tune): the pruned model's BatchNorm statistics are those
+    of the masked layer on the user data, not the dense model's."""
+    from crisp.pruning.prune import prune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(32 * 16, 4)).eval()
+    model[1].running_mean.fill_(3.0)  # statistics that describe some other model
+    x = torch.randn(64, 8, 4, 4)
+    y = torch.arange(64) % 4
+    data = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    pruned, hist = prune(model, data, classes=[0, 1, 2, 3], pattern="2:4", block=8, sparsity=0.5, steps=1,
+                         warmup_epochs=0, epochs_per_step=0, saliency="magnitude", progress=False)
+    with torch.no_grad():
+        act = nn.functional.conv2d(x, model[0].weight * hist.masks["0.weight"], padding=1)
+    torch.testing.assert_close(pruned[1].running_mean, act.mean((0, 2, 3)), rtol=1e-4, atol=1e-4)

@@ -1,7 +1,8 @@
 """Learned masks on frozen weights against magnitude masks on the same weights: learned 2:4 fits
 the user classes at least as well as magnitude 2:4, and learned masks + blocks stay above chance
 when the allocation keeps fewer layers at their floor (under the paper's allocation the
-classifier falls to one block per row, which frozen weights cannot make up for)."""
+classifier falls to one block per row, which frozen weights cannot make up for); with blocks,
+only the biases and BatchNorm affine parameters train besides the masks."""
 
 import pytest
 import torch
@@ -72,6 +73,19 @@ def test_learned_masks_with_blocks_stay_above_chance_and_beat_the_paper_allocati
     assert len(floors[0]) < len(floors[1])
     _, acc_b = _fit(balanced, x, y)
     _, acc_p = _fit(paper, x, y)
-    # measured: dense 1.0, default allocation 0.41, paper 0.29 (chance 0.25) on this hard random-teacher task
-    assert acc_b >= 0.25 + 0.1
-    assert acc_b >= acc_p + 0.08
+    # measured: dense 1.0, default allocation 0.33, paper 0.31 (chance 0.25) on this hard random-teacher task;
+    # with only the mask logits training (no biases) 0.41 and 0.29
+    assert acc_b >= 0.25 + 0.05
+    assert acc_b > acc_p
+
+
+def test_learned_masks_with_blocks_train_only_affine_parameters_besides_the_masks(task):
+    """With block steps the biases (and BatchNorm affine parameters) train; conv/linear weights stay frozen."""
+    model, data, x, y = task
+    pruned, hist = prune(model, data, classes=[0, 1, 2, 3], pattern=P, sparsity=0.85, steps=2, epochs_per_step=2,
+                         warmup_epochs=0, saliency="magnitude", method="learned")
+    got = dict(pruned.named_parameters())
+    for name, p in model.named_parameters():
+        if name.endswith("weight"):
+            assert torch.equal(got[name], p * hist.masks[name] if name in hist.masks else p)
+    assert any(not torch.equal(got[n], p) for n, p in model.named_parameters() if n.endswith("bias"))
