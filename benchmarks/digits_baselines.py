@@ -59,13 +59,13 @@ def _fit(model, masker, train, val, schedule, *, warmup, epochs, saliency="magni
                         epochs_per_step=epochs, lr=lr, progress=False)
 
 
-def dense_finetune(model, train_data, val_data, classes, *, steps, warmup, epochs, seed):
+def dense_finetune(model, train_data, val_data, classes, *, steps, warmup, epochs, seed, lr=0.01):
     work = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         masker = SteMasker(work, [], lambda s, t: {})
         records = _fit(work, masker, ClassBatches(train_data, classes), _val(val_data, classes),
-                       [0.0] * (steps + 1), warmup=warmup, epochs=epochs)
+                       [0.0] * (steps + 1), warmup=warmup, epochs=epochs, lr=lr)
         masker.bake()
     return work.eval(), {}, records
 
@@ -83,13 +83,13 @@ def unstructured_select(saliency: dict[str, torch.Tensor], target: float) -> dic
     return out
 
 
-def unstructured(model, train_data, val_data, classes, names, schedule, *, warmup, epochs, seed):
+def unstructured(model, train_data, val_data, classes, names, schedule, *, warmup, epochs, seed, lr=0.01):
     work = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         masker = SteMasker(work, names, unstructured_select)
         records = _fit(work, masker, ClassBatches(train_data, classes), _val(val_data, classes),
-                       schedule, warmup=warmup, epochs=epochs)
+                       schedule, warmup=warmup, epochs=epochs, lr=lr)
         masks = masker.bake()
     return work.eval(), masks, records
 
@@ -140,7 +140,7 @@ def filter_select_for(shapes: dict[str, tuple[int, ...]], positions: dict[str, i
 
 
 def filter_pruning(model, train_data, val_data, classes, flops_target, *, steps, warmup, epochs, seed, example,
-                   chain=FILTER_CHAIN):
+                   chain=FILTER_CHAIN, lr=0.01):
     work = copy.deepcopy(model)
     positions = out_positions(work, example)
     shapes = weight_shapes(work)
@@ -150,6 +150,6 @@ def filter_pruning(model, train_data, val_data, classes, flops_target, *, steps,
         # FLOPs falls linearly from 1 to the target over the steps (passed to the loop as 1 - FLOPs)
         schedule = [(1 - flops_target) * (p + 1) / (steps + 1) for p in range(steps + 1)]
         records = _fit(work, masker, ClassBatches(train_data, classes), _val(val_data, classes),
-                       schedule, warmup=warmup, epochs=epochs)
+                       schedule, warmup=warmup, epochs=epochs, lr=lr)
         masks = masker.bake()
     return work.eval(), masks, records
