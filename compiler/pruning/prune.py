@@ -122,12 +122,11 @@ def prune(
     (the schedule is ``1 - n/m``, then ``+Delta`` per step up to ``sparsity``).
     ``epochs_per_step``: fine-tuning epochs after each step. ``saliency``: ``"taylor"``
     (class-aware, Eq. 1) or ``"magnitude"``. ``method``: ``"crisp"`` (STE fine-tuning of the
-    weights) or ``"learned"`` (frozen weights, learned N:M masks inside CRISP-selected blocks; when
-    the schedule prunes blocks, the BatchNorm affine parameters and the biases train with the masks).
+    weights) or ``"learned"`` (frozen weights, learned N:M masks in CRISP-selected blocks; with block steps
+    the BatchNorm affine parameters and biases train too).
     ``shrink_head=True``: the classifier keeps only ``classes``' rows (output ``i`` is class
-    ``classes[i]``; see :func:`crisp.pruning.head.to_original_classes`). ``callbacks`` are called with
-    each :class:`StepRecord`. ``exclude`` names layers to keep dense. ``allocation``: how the
-    global target is shared among layers (:data:`crisp.sparsity.selection.ALLOCATIONS`).
+    ``classes[i]``; see :func:`crisp.pruning.head.to_original_classes`). ``callbacks(StepRecord)``
+    per step. ``exclude``: layers kept dense. ``allocation``: :data:`crisp.sparsity.selection.ALLOCATIONS`.
     """
     check_model(model, "prune")
     pat = resolve_pattern(pattern, None if isinstance(pattern, Pattern) else block)
@@ -155,8 +154,7 @@ def prune(
         targets = checked_targets(work, pat, kappa, exclude, first[:1])
         names = [t.weight_name for t in targets if t.prunable]
 
-        masker, initial, warmup = _masker(work, names, pat, method, saliency, train, warmup_epochs, allocation,
-                                          blocks=len(schedule) > 1)
+        masker, initial, warmup = _masker(work, names, pat, method, saliency, train, warmup_epochs, allocation, len(schedule) > 1)
         records = run_schedule(
             work, masker, train, val,
             schedule=schedule, saliency=saliency, warmup_epochs=warmup,
