@@ -95,10 +95,12 @@ def _resnet50(r50: dict) -> list[str]:
     pl, gl = r50["per_layer_2:4_b64"], r50["global_2:4_b64"]
     L += ["## ResNet-50, 2:4, block 64, 90% sparsity", "",
           "Two mask distributions. The in-project models have random weights (no pretrained weights are "
-          "available here), whose magnitudes scale as 1/sqrt(fan-in); CRISP's global ranking (what "
-          "`crisp.compile` does) then prunes the wide layers to one block per row (99%) and leaves K=64 layers at "
-          "2:4 (50%). *Per-layer* selects every layer at 90% on its own, standing in for a trained network whose "
-          "layers sit near the global sparsity (the paper's Fig. 8 layers are 80-90% sparse).", ""]
+          "available here), whose magnitudes scale as 1/sqrt(fan-in). *Global* is what `crisp.compile` does: one "
+          "ranking over all layers with the default layer-balanced allocation (`normalized`; with "
+          "`allocation=\"paper\"`, the paper's raw global ranking, the wide layers fell to one block per row and "
+          "only 10 of 54 layers landed in 5-12x). *Per-layer* selects every layer at 90% on its own, standing in "
+          "for a trained network whose layers sit near the global sparsity (the paper's Fig. 8 layers are 80-90% "
+          "sparse).", ""]
     rows = []
     for label, c in (("per-layer", pl), ("global (crisp.compile)", gl)):
         for a in ARCHS:
@@ -176,8 +178,9 @@ def disagreements(out: dict) -> list[str]:
              f"on CRISP-STC, so a layer's speedup is its inverse weight density (capped by lane use). With per-layer "
              f"90% masks, {pl['layers_in_paper_range']} of 54 layers fall in the paper's 5-12x for 2:4; the rest are "
              "the K=64/128/147 layers, which block 64 cannot prune below 1 of 1-3 blocks per row (2x-4.6x). With "
-             f"the global ranking on random weights, speedups spread from {gl['crisp_speedup']['min']:.0f}x to "
-             f"{gl['crisp_speedup']['max']:.0f}x and only {gl['layers_in_paper_range']} layers land in 5-12x. Which "
+             f"the global ranking (default allocation) on random weights, speedups spread from "
+             f"{gl['crisp_speedup']['min']:.0f}x to {gl['crisp_speedup']['max']:.0f}x and "
+             f"{gl['layers_in_paper_range']} of 54 layers land in 5-12x. Which "
              "range a layer lands in is set by its mask; the paper's ranges reflect its trained masks, which we "
              "do not have.")
     if "smem_bandwidth_sweep" in r50:
