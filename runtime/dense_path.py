@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from crisp.ir.conv_geometry import conv_out_size, pair
+
 
 def _epilogue(y: torch.Tensor, residual: Optional[torch.Tensor], clamp_min: float, clamp_max: float) -> torch.Tensor:
     if residual is not None:
@@ -22,8 +24,9 @@ def _epilogue(y: torch.Tensor, residual: Optional[torch.Tensor], clamp_min: floa
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
            stride: list[int], padding: list[int], dilation: list[int], clamp_min: float, clamp_max: float) -> torch.Tensor:
     """``clamp(conv2d(x, weight, bias) + residual)``, groups=1; channels-last in and out."""
-    dilation = unit_dilation_where_kernel_is_one(weight.shape[2:], dilation)
-    if reads_only_padding(tuple(x.shape[2:]), tuple(weight.shape[2:]), _pair(stride), _pair(padding), tuple(dilation)):
+    kernel, stride, padding = tuple(weight.shape[2:]), _pair(stride), _pair(padding)
+    dilation = unit_dilation_where_kernel_is_one(kernel, dilation)
+    if reads_only_padding(tuple(x.shape[2:]), kernel, stride, padding, dilation):
         y = F.conv2d(x.contiguous(), weight, bias, stride, padding, dilation).contiguous(memory_format=torch.channels_last)
     else:
         y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias, stride, padding, dilation)
@@ -35,25 +38,24 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
 # instance input width 1, kernel width 1, padding 2, dilation 2, stride 3 with a bias (torch 2.13 and
 # 2.14). The dense path avoids both triggers: dilation 1 where the kernel is 1 wide (the same conv),
 # and the contiguous layout where some output reads only padding (rare: no common CNN layer does).
-def unit_dilation_where_kernel_is_one(kernel_size, dilation: list[int]) -> list[int]:
+def unit_dilation_where_kernel_is_one(kernel_size, dilation) -> tuple[int, int]:
     """The same conv with dilation 1 on every axis whose kernel size is 1 (where dilation does nothing)."""
-    dilation = list(dilation) if len(dilation) == len(kernel_size) else list(dilation) * len(kernel_size)
-    return [1 if k == 1 else d for k, d in zip(kernel_size, dilation)]
+    return tuple(1 if k == 1 else d for k, d in zip(_pair(kernel_size), _pair(dilation)))
 
 
 @functools.lru_cache(maxsize=1024)
 def reads_only_padding(size: tuple, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple) -> bool:
     """Whether some output position of the conv has every tap in the zero padding, on either axis."""
     for n, k, s, p, d in zip(size, kernel, stride, padding, dilation):
-        out = (n + 2 * p - d * (k - 1) - 1) // s + 1
-        for o in range(max(0, out)):
+        for o in range(max(0, conv_out_size(n, k, s, d, p))):
             if not any(p <= o * s + j * d < p + n for j in range(k)):
                 return True
     return False
 
 
-def _pair(v) -> tuple:
-    return tuple(v) if len(v) == 2 else tuple(v) * 2
+def _pair(v) -> tuple[int, int]:
+    """A conv argument as the kernels take it (an int, or 1 or 2 numbers) as two ints."""
+    return pair(v[0] if not isinstance(v, int) and len(v) == 1 else v)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], clamp_min: float,

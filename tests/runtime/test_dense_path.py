@@ -43,9 +43,9 @@ def test_outputs_that_see_only_padding_are_found():
 
 
 def test_unit_dilation_keeps_dilation_on_real_kernel_axes():
-    assert dense_path.unit_dilation_where_kernel_is_one((3, 1), [2, 2]) == [2, 1]
-    assert dense_path.unit_dilation_where_kernel_is_one((1, 1), [3]) == [1, 1]
-    assert dense_path.unit_dilation_where_kernel_is_one((3, 3), [2, 1]) == [2, 1]
+    assert dense_path.unit_dilation_where_kernel_is_one((3, 1), [2, 2]) == (2, 1)
+    assert dense_path.unit_dilation_where_kernel_is_one((1, 1), [3]) == (1, 1)
+    assert dense_path.unit_dilation_where_kernel_is_one((3, 3), [2, 1]) == (2, 1)
 
 
 def test_epilogue_fuses_residual_and_clamp():
