@@ -22,6 +22,7 @@ import torch
 from crisp.fileio import atomic_write_text
 from crisp.runtime import dense_path, fast_kernel
 from crisp.runtime.packed_weight import ChannelPackedWeight, DenseWeight, PackedHybridWeight
+from crisp.runtime.timed_rounds import timed_rounds
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 from crisp.sparsity.pattern import Pattern
 
@@ -136,26 +137,12 @@ def time_candidates(calls: dict[str, object], fork_join: tuple[str, ...] = ("den
     what they take); the ``fork_join`` candidates (torch's pool, whose barrier waits for a
     descheduled thread and then loses a whole time slice) their median, which the compiled model
     sees too."""
-    for call in calls.values():
-        call()
-    runs: dict[str, list[float]] = {name: [] for name in calls}
+    def stat(name: str, times: list[float]) -> float:
+        return statistics.median(times) if name in fork_join else min(times)
 
-    def stat(name: str) -> float:
-        return statistics.median(runs[name]) if name in fork_join else min(runs[name])
-
-    racing = list(calls)
-    start = time.perf_counter()
-    for r in range(_RUNS):
-        if r >= _MIN_RUNS and time.perf_counter() - start > _RUN_BUDGET_S * len(calls):
-            break
-        for name in racing:
-            t = time.perf_counter()
-            calls[name]()
-            runs[name].append((time.perf_counter() - t) * 1e3)
-        if r + 1 >= _MIN_RUNS:
-            fastest = min(stat(name) for name in racing)
-            racing = [name for name in racing if stat(name) <= _DROP * fastest]
-    return {name: stat(name) for name in runs}
+    runs = timed_rounds(calls, rounds=_RUNS, min_rounds=_MIN_RUNS, budget_s=_RUN_BUDGET_S * len(calls), score=stat,
+                        drop=_DROP)
+    return {name: stat(name, times) for name, times in runs.items()}
 
 
 def pick(times: dict[str, float]) -> str:

@@ -7,6 +7,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from crisp.runtime.timed_rounds import timed_rounds
+
 
 @dataclass
 class Timing:
@@ -48,20 +50,9 @@ def interleaved(run: Callable[[], object], others: dict[str, Callable[[], object
     """``run`` timed alone and with ``others`` run between its calls in the same loop (their thread
     pools wake and spin between two of ``run``'s calls), in alternating phases so that both see the
     same machine: {"alone_ms", "interleaved_ms" (medians of ``run``'s own time), "ratio", "with"}."""
-    alone: list[float] = []
-    mixed: list[float] = []
-    for fn in (run, *others.values()):  # warm-up
-        fn()
-    for _ in range(rounds):
-        for times, between in ((alone, ()), (mixed, tuple(others.values()))):
-            start = time.perf_counter()
-            count = 0
-            while count < 3 or time.perf_counter() - start < budget_s / (2 * rounds):
-                for fn in between:
-                    fn()
-                t0 = time.perf_counter()
-                run()
-                times.append((time.perf_counter() - t0) * 1e3)
-                count += 1
+    runs = timed_rounds({"alone": run, "mixed": run}, rounds=rounds, min_rounds=rounds, slot_runs=3,
+                        slot_s=budget_s / (2 * rounds), between={"mixed": tuple(others.values())},
+                        warmup=(run, *others.values()))
+    alone, mixed = runs["alone"], runs["mixed"]
     a, m = statistics.median(alone), statistics.median(mixed)
     return {"alone_ms": a, "interleaved_ms": m, "ratio": m / a, "with": list(others), "runs": [len(alone), len(mixed)]}

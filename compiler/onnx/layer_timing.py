@@ -18,6 +18,7 @@ from crisp.onnx.compact.cost import choose_body, context_fraction, cost_reason
 from crisp.onnx.compact.functions import FunctionSet
 from crisp.onnx.weights import OnnxLayer
 from crisp.onnx.write import finish_compact_model, write_compact_layer, write_dense_layer
+from crisp.runtime.timed_rounds import timed_rounds
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 from crisp.sparsity.pattern import Pattern
 
@@ -98,18 +99,10 @@ def time_models(models: dict[str, bytes], dims: list[int], threads: int = 2, rep
     sessions = {name: _session(data, threads) for name, data in models.items()}
     first = next(iter(sessions.values())).get_inputs()[0]
     feed = {first.name: np.random.default_rng(seed).standard_normal(dims).astype(np.float32)}
-    for sess in sessions.values():
-        sess.run(None, feed)  # warm-up: allocations, constant folding done at load
-    best = {name: float("inf") for name in sessions}
-    begin = time.perf_counter()
-    for i in range(repeats):
-        if i >= 3 and time.perf_counter() - begin > BUDGET_S:
-            break
-        for name, sess in sessions.items():
-            start = time.process_time()
-            sess.run(None, feed)
-            best[name] = min(best[name], time.process_time() - start)
-    return {name: 1e3 * seconds for name, seconds in best.items()}
+    # after one warm-up run each (allocations; constant folding is done at load)
+    runs = timed_rounds({name: (lambda sess=sess: sess.run(None, feed)) for name, sess in sessions.items()},
+                        rounds=repeats, min_rounds=3, budget_s=BUDGET_S, clock=time.process_time)
+    return {name: min(times, default=float("inf")) for name, times in runs.items()}
 
 
 def time_layer(model: onnx.ModelProto, layer: OnnxLayer, hst: HybridSparseTensor, masked: torch.Tensor,
