@@ -42,6 +42,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from crisp.ir.conv_geometry import conv_out_size
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 from crisp.sparsity.pattern import Pattern
 from crisp.runtime import cpu_capability as isa
@@ -145,13 +146,13 @@ def cpu_capability() -> str:
 
 
 def _conv_out_shape(x, rows, kernel_size, stride, padding, dilation) -> tuple:
-    def pair(v, i):
+    """``(N, rows, OH, OW)`` of a conv/pool op on NCHW ``x``; each size argument holds one number or two."""
+    def axis(v, i):
         return v[0] if len(v) == 1 else v[i]
 
     n, _, h, w = x.shape
-    oh = (h + 2 * pair(padding, 0) - pair(dilation, 0) * (pair(kernel_size, 0) - 1) - 1) // pair(stride, 0) + 1
-    ow = (w + 2 * pair(padding, 1) - pair(dilation, 1) * (pair(kernel_size, 1) - 1) - 1) // pair(stride, 1) + 1
-    return (n, rows, oh, ow)
+    return (n, rows, *(conv_out_size(size, axis(kernel_size, i), axis(stride, i), axis(dilation, i), axis(padding, i))
+                       for i, size in enumerate((h, w))))
 
 
 def _register_fakes(ns: str) -> None:
@@ -169,11 +170,7 @@ def _register_fakes(ns: str) -> None:
 
     @torch.library.register_fake(f"{ns}::max_pool2d_nhwc")
     def _(x, kernel_size, stride, padding):
-        n, c, h, w = x.shape
-        kh, kw = kernel_size if len(kernel_size) == 2 else (kernel_size[0],) * 2
-        sh, sw = stride if len(stride) == 2 else (stride[0],) * 2
-        ph, pw = padding if len(padding) == 2 else (padding[0],) * 2
-        out = x.new_empty((n, c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1))
+        out = x.new_empty(_conv_out_shape(x, x.shape[1], kernel_size, stride, padding, [1]))  # floor mode
         return out.contiguous(memory_format=torch.channels_last)
 
     @torch.library.register_fake(f"{ns}::depthwise_conv2d_nhwc")

@@ -30,6 +30,7 @@ from torch import fx, nn
 
 from crisp.sparsity.gemm_view import pad_to_blocks, weight_to_gemm
 from crisp.ir.batchnorm import fold_batchnorms
+from crisp.ir.conv_geometry import conv_out_size
 from crisp.ir.layer_info import LayerInfo
 from crisp.runtime import fast_kernel
 from crisp.runtime.packed_weight import ChannelPackedWeight, DenseWeight
@@ -114,8 +115,8 @@ class _GemmLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_conv:
             n, _, h, w = x.shape
-            oh = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel[0] - 1) - 1) // self.stride[0] + 1
-            ow = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel[1] - 1) - 1) // self.stride[1] + 1
+            oh, ow = (conv_out_size(size, self.kernel[i], self.stride[i], self.dilation[i], self.padding[i])
+                      for i, size in enumerate((h, w)))
             cols = F.unfold(x, self.kernel, self.dilation, self.padding, self.stride)  # [N, cin*kh*kw, L]
             cols = cols.unflatten(1, (self.cin, -1)).transpose(1, 2).flatten(1, 2)  # (kh, kw, cin) order
             rhs = cols.transpose(0, 1).flatten(1)  # [K, N*L]
