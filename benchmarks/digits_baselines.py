@@ -5,10 +5,12 @@ pruning at a given FLOPs ratio, plus the FLOPs count of a masked small CNN."""
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
 
+from crisp.ir.layer_outputs import layer_outputs
 from crisp.pruning.class_data import ClassBatches
 from crisp.pruning.loop import SteMasker, run_schedule
 
@@ -23,19 +25,9 @@ FILTER_CHAIN = [
 
 
 def out_positions(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
-    """Output positions per sample of every Conv2d/Linear weight (1 for Linear)."""
-    found: dict[str, int] = {}
-    hooks = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Conv2d, nn.Linear)):
-            def hook(m, i, o, name=name):
-                found[f"{name}.weight"] = int(o[0, 0].numel()) if o.dim() == 4 else 1
-            hooks.append(mod.register_forward_hook(hook))
-    with torch.no_grad():
-        model.eval()(example[:1])
-    for h in hooks:
-        h.remove()
-    return found
+    """Output positions per sample of every Conv2d/Linear weight (1 for Linear); leaves the model in eval mode."""
+    _, shapes = layer_outputs(model.eval(), example[:1])
+    return {f"{name}.weight": math.prod(shape[2:]) if len(shape) == 4 else 1 for name, shape in shapes.items()}
 
 
 def weight_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:

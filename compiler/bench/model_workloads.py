@@ -25,6 +25,7 @@ from torch import nn
 
 from crisp.api import compile as compile_model
 from crisp.errors import ModelError
+from crisp.ir.layer_outputs import layer_outputs
 from crisp.models import build
 from crisp.models.registry import input_shape
 from crisp.sparsity.gemm_view import weight_to_gemm
@@ -37,34 +38,17 @@ from crisp.runtime.simulator.workload import LayerSpec
 DISTRIBUTIONS = ("global", "per-layer")
 
 
-def _layer_geometry(model: nn.Module, example: torch.Tensor) -> dict[str, dict]:
-    geo: dict[str, dict] = {}
-    hooks = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Conv2d, nn.Linear)):
-            def hook(m, inp, out, name=name):
-                geo[name] = {"out": tuple(out.shape)}
-            hooks.append(mod.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return geo
-
-
 def fast_model_specs(model: nn.Module, example: torch.Tensor, pattern: Pattern, sparsity: float,
                      distribution: str = "global") -> list[LayerSpec]:
     if distribution not in DISTRIBUTIONS:
         raise ModelError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
     kappa = check_sparsity(sparsity, pattern)
-    geo = _layer_geometry(model, example)
+    _, shapes = layer_outputs(model, example)  # every Conv2d / Linear
     batch = int(example.shape[0])
     mods = dict(model.named_modules())
-    order = list(geo)  # execution order, as crisp.compile's graph lists the layers (selection breaks ties by it)
+    order = list(shapes)  # execution order, as crisp.compile's graph lists the layers (selection breaks ties by it)
     # the same decision FindPrunableLayers makes inside crisp.compile
-    prunable = [n for n in order if describe_layer(n, mods[n], geo[n]["out"], batch, pattern, None).prunable]
+    prunable = [n for n in order if describe_layer(n, mods[n], shapes[n], batch, pattern, None).prunable]
     sal = {n: weight_to_gemm(mods[n].weight.detach()).abs() for n in prunable}
     masks = {}
     if distribution == "global" and sal:
@@ -75,7 +59,7 @@ def fast_model_specs(model: nn.Module, example: torch.Tensor, pattern: Pattern, 
             masks[n] = select_hybrid_masks({n: sal[n]}, pattern, kappa).layers[n].mask
     specs = []
     for n in order:
-        mod, out = mods[n], geo[n]["out"]
+        mod, out = mods[n], shapes[n]
         w = mod.weight
         if isinstance(mod, nn.Conv2d):
             positions = int(out[-1] * out[-2])

@@ -14,6 +14,7 @@ from torch import nn
 
 from crisp.errors import ModelError, PatternError
 from crisp.ir.layer_info import LayerInfo
+from crisp.ir.layer_outputs import layer_outputs
 from crisp.ir.prunable import describe_module, excluded_by, layer_kind, weight_uses
 from crisp.sparsity.pattern import Pattern
 from crisp.sparsity.selection import select_hybrid_masks
@@ -27,26 +28,12 @@ def _is_layer(module: nn.Module) -> bool:
 
 def _run_once(model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor) -> tuple[dict[str, int], dict[str, tuple]]:
     """Calls and last output shape of each layer in one eval-mode, no-grad forward pass (model unchanged)."""
-    calls: dict[str, int] = {name: 0 for name in layers}
-    shapes: dict[str, tuple] = {}
-
-    def hook(name):
-        def record(_module, _inputs, output):
-            calls[name] += 1
-            shapes[name] = tuple(output.shape)
-        return record
-
-    handles = [module.register_forward_hook(hook(name)) for name, module in layers.items()]
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            model(example)
+        return layer_outputs(model, example, layers=layers)
     finally:
         model.train(was_training)
-        for h in handles:
-            h.remove()
-    return calls, shapes
 
 
 def find_prunable(model: nn.Module, pattern: Pattern, exclude: Sequence[str] = (),
