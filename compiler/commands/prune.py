@@ -28,8 +28,10 @@ def register(sub) -> None:
     prune_user.add_user_data_args(p)
     add_pattern_args(p)
     add_allocation_arg(p)
-    p.add_argument("--steps", type=int, default=3, help="block-pruning steps after the N:M step (default 3)")
-    p.add_argument("--epochs-per-step", type=int, default=2, help="fine-tune epochs after each step (default 2)")
+    p.add_argument("--steps", type=int, default=0, help="block-pruning steps after the N:M step (default 0: one step "
+                   "straight to the target; 3 is the paper's iterative schedule)")
+    p.add_argument("--epochs-per-step", type=int, default=None, help="fine-tune epochs after each step (default: 8 "
+                   "epochs shared among the steps)")
     p.add_argument("--warmup-epochs", type=int, default=1, help="class-aware fine-tune epochs before the first step (default 1)")
     p.add_argument("--saliency", choices=("taylor", "magnitude"), default="taylor")
     p.add_argument("--method", choices=("crisp", "learned"), default="crisp")

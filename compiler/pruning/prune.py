@@ -1,13 +1,17 @@
 """``crisp.prune``: personalize a classifier to the user's classes and prune it to hybrid
-N:M + block sparsity with CRISP's iterative schedule (or with learned N:M masks).
+N:M + block sparsity, in one step or with CRISP's iterative schedule (or with learned N:M masks).
 
 The input model is never modified: the work happens on a copy, under ``torch.random.fork_rng``
 seeded with ``seed``, so a run is reproducible. Masks act through a straight-through estimator
 while fine-tuning and are baked into the returned model's weights at the end.
 
 Defaults, chosen for small data (the paper fine-tunes 50 epochs on ImageNet): one warm-up epoch
-of class-aware fine-tuning to estimate the first saliency, 3 block-pruning steps after the N:M
-step, 2 epochs between steps, SGD (momentum 0.9, weight decay 5e-4, lr 0.01 with a cosine decay
+of class-aware fine-tuning to estimate the first saliency, then one step straight to the target
+(``steps=0``) and a budget of 8 fine-tune epochs after the warm-up, shared evenly among the steps
+(``steps=3`` is Alg. 1's schedule: N:M step, 3 block steps, 2 epochs each; on the digits task's
+validation class sets, with the same 9 epochs, one-shot kept 99.6 / 96.9 % (small / residual
+CNN, Taylor, 90 %) against 98.5 / 81.5 % for the iterative schedule: with a few epochs every
+extra cut costs more recovery than it saves), SGD (momentum 0.9, weight decay 5e-4, lr 0.01 with a cosine decay
 that restarts in every fine-tune phase, so each step recovers from its cut at the full rate; on
 the digits task this removed the collapses a single cosine over the whole run caused, judged on
 the validation split). ``method="learned"`` trains the mask logits with Adam (lr 0.05), and with block
@@ -45,6 +49,7 @@ from crisp.pruning.schedule import sparsity_schedule
 from crisp.pruning.ste import latent_weight
 
 METHODS = ("crisp", "learned")
+DEFAULT_FINETUNE_EPOCHS = 8  # after the warm-up, shared among the steps (the old default: 4 steps x 2 epochs)
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -99,8 +104,8 @@ def prune(
     pattern: str | Pattern = "2:4",
     block: int | None = 32,
     sparsity: float = 0.9,
-    steps: int = 3,
-    epochs_per_step: int = 2,
+    steps: int = 0,
+    epochs_per_step: int | None = None,
     saliency: str = "taylor",
     method: str = "crisp",
     val_data: Iterable | None = None,
@@ -118,12 +123,12 @@ def prune(
     """Prune a copy of ``model`` for the user ``classes``; returns ``(pruned_model, history)``.
 
     ``train_data`` / ``val_data``: re-iterables of ``(input, label)`` batches (e.g. DataLoaders);
-    only samples of ``classes`` are used. ``steps``: block-pruning steps after the N:M step
-    (the schedule is ``1 - n/m``, then ``+Delta`` per step up to ``sparsity``).
-    ``epochs_per_step``: fine-tuning epochs after each step. ``saliency``: ``"taylor"``
-    (class-aware, Eq. 1) or ``"magnitude"``. ``method``: ``"crisp"`` (STE fine-tuning of the
-    weights) or ``"learned"`` (frozen weights, learned N:M masks in CRISP-selected blocks; with block steps
-    the BatchNorm affine parameters and biases train too).
+    only samples of ``classes`` are used. ``steps``: block-pruning steps after the N:M step (``1 - n/m``,
+    then ``+Delta`` per step up to ``sparsity``); 0 (default): one step to ``sparsity``. ``epochs_per_step``:
+    fine-tune epochs after each step (default: :data:`DEFAULT_FINETUNE_EPOCHS` shared among the steps).
+    ``saliency``: ``"taylor"`` (class-aware, Eq. 1) or ``"magnitude"``. ``method``: ``"crisp"`` (STE fine-tuning
+    of the weights) or ``"learned"`` (frozen weights, learned N:M masks in CRISP-selected blocks; with a block
+    cut the BatchNorm affine parameters and biases train too).
     ``shrink_head=True``: the classifier keeps only ``classes``' rows (output ``i`` is class
     ``classes[i]``; see :func:`crisp.pruning.head.to_original_classes`). ``callbacks(StepRecord)``
     per step. ``exclude``: layers kept dense. ``allocation``: :data:`crisp.sparsity.selection.ALLOCATIONS`.
@@ -131,8 +136,9 @@ def prune(
     check_model(model, "prune")
     pat = resolve_pattern(pattern, None if isinstance(pattern, Pattern) else block)
     kappa = check_sparsity(sparsity, pat)
-    _check_options(method, saliency, allocation, epochs_per_step, warmup_epochs)
     schedule = sparsity_schedule(pat, kappa, steps)
+    epochs_per_step = default_epochs_per_step(len(schedule)) if epochs_per_step is None else epochs_per_step
+    _check_options(method, saliency, allocation, epochs_per_step, warmup_epochs)
     _check_plain_arguments(model, seed, lr, momentum, weight_decay, exclude, shrink_head, progress)
     cbs = _callbacks(callbacks)
     lr = (0.05 if method == "learned" else 0.01) if lr is None else float(lr)
@@ -154,7 +160,7 @@ def prune(
         targets = checked_targets(work, pat, kappa, exclude, first[:1])
         names = [t.weight_name for t in targets if t.prunable]
 
-        masker, initial, warmup = _masker(work, names, pat, method, saliency, train, warmup_epochs, allocation, len(schedule) > 1)
+        masker, initial, warmup = _masker(work, names, pat, method, saliency, train, warmup_epochs, allocation, kappa)
         records = run_schedule(
             work, masker, train, val,
             schedule=schedule, saliency=saliency, warmup_epochs=warmup,
@@ -170,6 +176,11 @@ def prune(
         allocation=allocation,
     )
     return work, history
+
+
+def default_epochs_per_step(step_count: int) -> int:
+    """Fine-tune epochs after each of ``step_count`` steps under the default budget."""
+    return max(1, DEFAULT_FINETUNE_EPOCHS // max(1, step_count))
 
 
 def _check_options(method: str, saliency: str, allocation: str, epochs_per_step: int, warmup_epochs: int) -> None:
@@ -192,8 +203,9 @@ def _class_batches(data: Iterable, classes: list[int], remap: bool, name: str) -
 
 
 def _masker(work: nn.Module, names: list[str], pat: Pattern, method: str, saliency: str, train: ClassBatches,
-            warmup_epochs: int, allocation: str, blocks: bool = False) -> tuple[SteMasker | LearnedMasker, dict[str, torch.Tensor] | None, int]:
+            warmup_epochs: int, allocation: str, kappa: float) -> tuple[SteMasker | LearnedMasker, dict[str, torch.Tensor] | None, int]:
     """The masker of ``method``, the saliency it starts from and the warm-up epochs left to run."""
+    blocks = kappa > pat.min_sparsity + 1e-12  # the schedule cuts blocks
     if method == "crisp":
         select = lambda sal, target: hybrid_select(sal, pat, target, allocation)[0]  # noqa: E731
         return SteMasker(work, names, select), None, warmup_epochs

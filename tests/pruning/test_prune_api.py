@@ -190,3 +190,17 @@ def test_learned_masks_keep_the_pattern_and_leave_weights_frozen():
         assert_hybrid(weight_to_gemm(mask), PATTERN)
         assert torch.equal(params[name].detach(), orig[name].detach() * mask)  # weights frozen
     assert torch.equal(params["conv1.weight"], orig["conv1.weight"])
+
+
+@pytest.mark.parametrize("method", ["crisp", "learned"])
+def test_one_shot_schedule_goes_straight_to_the_target_with_hybrid_masks(method):
+    """steps=0: one step to the target (no N:M-only step), the whole budget after it."""
+    pruned, h = run(steps=0, epochs_per_step=2, method=method)
+    assert h.schedule == [pytest.approx(0.85)]
+    assert [s.step for s in h.steps] == [0] and h.steps[0].epochs == 2
+    assert abs(h.achieved_sparsity - 0.85) <= 0.01
+    for name, mask in h.masks.items():
+        assert_hybrid(weight_to_gemm(mask), PATTERN)
+    if method == "learned":  # a one-shot block cut trains the affine parameters as block steps do
+        bn = dict(pruned.named_parameters())["bn1.weight"]
+        assert not torch.equal(bn, make_model().bn1.weight)

@@ -89,7 +89,9 @@ def test_unknown_method_saliency_and_bad_counts():
     with pytest.raises(CrispError, match="saliency"):
         call(saliency="hessian")
     with pytest.raises(CrispError, match="steps"):
-        call(steps=0)
+        call(steps=-1)
+    with pytest.raises(CrispError, match="steps"):
+        call(steps=1.5)
     with pytest.raises(CrispError, match="epochs_per_step"):
         call(epochs_per_step=-1)
 

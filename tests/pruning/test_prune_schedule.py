@@ -20,8 +20,10 @@ def test_nm_first_then_equal_block_steps_up_to_kappa():
     assert all(b - a == pytest.approx(0.1) for a, b in zip(s, s[1:]))
     assert sparsity_schedule(p, 0.5, 3) == [0.5]  # N:M only
     assert sparsity_schedule(Pattern(1, 1, 8), 0.6, 2) == [0.0, 0.3, 0.6]  # block-only pattern
-    with pytest.raises(CrispError):
-        sparsity_schedule(p, 0.9, 0)
+    assert sparsity_schedule(p, 0.9, 0) == [0.9]  # one-shot: N:M and blocks in one step
+    assert schedule_delta(p, 0.9, 0) == 0.0
+    with pytest.raises(CrispError, match="steps"):
+        sparsity_schedule(p, 0.9, -1)
 
 
 class Lin(nn.Module):
