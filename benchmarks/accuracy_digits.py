@@ -10,9 +10,11 @@ sets; learned masks train their logits with Adam lr 0.05). Accuracy is measured 
 of every class, never seen in pretraining or fine-tuning; about 216 samples for 2 classes), in two
 fixed folds.
 
-Default allocation: chosen on *validation* runs only (their own class sets, seeds 100+), by
-cross-fitting: the choice evaluated on fold f is the allocation with the best validation accuracy
-on the other fold, so no test sample takes part in the choice it is scored under.
+Default allocation and schedules: chosen on *validation* runs only (their own class sets, seeds 100+),
+by cross-fitting: the choice evaluated on fold f is the candidate with the best validation accuracy
+on the other fold, so no test sample takes part in the choice it is scored under. CRISP's allocation
+and schedule (iterative: Alg. 1's N:M step then block steps; one-shot: one step to the target, the
+same epochs after it) are chosen together; each fine-tuning baseline gets its own schedule.
 
 Writes benchmarks/results/accuracy_digits.{json,md}. Usage:
     python benchmarks/accuracy_digits.py                 # the grid in the arguments' defaults
@@ -47,11 +49,13 @@ from crisp.pruning.prune import prune  # noqa: E402
 from crisp.pruning.targets import find_prunable, max_reachable_sparsity  # noqa: E402
 from crisp.errors import PatternError  # noqa: E402
 from crisp.sparsity.pattern import Pattern  # noqa: E402
-from crisp.sparsity.selection import ALLOCATIONS  # noqa: E402
+from crisp.sparsity.selection import ALLOCATIONS, DEFAULT_ALLOCATION  # noqa: E402
 from crisp.tasks.digits_data import loader, subset  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 VAL_SEED0 = 100
+# both train warm-up + (steps + 1) x epochs_per_step epochs; "one-shot" prunes to the target in one step
+SCHEDULES = ("iterative", "one-shot")
 LOAD_AT_START = os.getloadavg()[0]
 
 
@@ -88,72 +92,97 @@ class Scenario:
         self.rows.append(row)
         return row
 
-    def crisp(self, label, kappa, **kw):
+    def budget(self, schedule: str) -> dict:
+        """``steps`` and ``epochs_per_step`` of ``schedule`` under the benchmark's budget (both schedules
+        train warm-up + (steps + 1) x epochs_per_step epochs)."""
+        a = self.w["args"]
+        if schedule == "one-shot":  # one step straight to the target, the whole budget after it
+            return {"steps": 0, "epochs_per_step": (a.steps + 1) * a.epochs_per_step}
+        return {"steps": a.steps, "epochs_per_step": a.epochs_per_step}
+
+    def crisp(self, label, kappa, schedule="iterative", **kw):
         a = self.w["args"]
         start = time.perf_counter()
         opts = dict(pattern="2:4", block=BLOCK[self.name], sparsity=kappa, saliency="taylor", method="crisp", seed=self.seed,
-                    progress=False, warmup_epochs=a.warmup, epochs_per_step=a.epochs_per_step, steps=a.steps)
+                    progress=False, warmup_epochs=a.warmup, **self.budget(schedule))
         if kw.get("method", "crisp") == "crisp":
             opts["lr"] = a.lr  # learned masks keep their own default (Adam, 0.05)
         opts.update(kw)
-        if opts.get("steps") == 0:  # a one-step schedule gets the whole budget in that step
-            opts["steps"], opts["epochs_per_step"] = 1, (a.steps + 1) * a.epochs_per_step
         try:
             pruned, hist = prune(self.model, self.train, classes=self.classes, **opts)
         except PatternError as exc:  # e.g. block-only cannot reach the target in this model: no row, said in the log
             print(f"{self.name} {label} at {kappa}: skipped ({exc})", flush=True)
             return None
         return self.record(label, kappa, pruned, hist.masks, start, {
-            "allocation": hist.allocation, "mask_change": [round(r.mask_change, 4) for r in hist.steps],
+            "allocation": hist.allocation, "schedule": schedule, "mask_change": [round(r.mask_change, 4) for r in hist.steps],
             "density": hist.density_distribution(), "layers": {n: v["density"] for n, v in hist.layers.items()}})
+
+    def dense(self, schedule, label="dense_ft"):
+        start = time.perf_counter()
+        b, a = self.budget(schedule), self.w["args"]
+        dense, masks, _ = dense_finetune(self.model, self.train, None, self.classes, steps=b["steps"], warmup=a.warmup,
+                                         epochs=b["epochs_per_step"], seed=self.seed, lr=a.lr)
+        return self.record(label, None, dense, masks, start, {"schedule": schedule})
+
+    def unstructured(self, kappa, schedule, label="unstructured"):
+        start = time.perf_counter()
+        b, a = self.budget(schedule), self.w["args"]
+        sched = [0.5 + (kappa - 0.5) * p / b["steps"] for p in range(b["steps"] + 1)] if b["steps"] else [kappa]
+        pruned, masks, _ = unstructured(self.model, self.train, None, self.classes, self.w["prunable"][self.name], sched,
+                                        warmup=a.warmup, epochs=b["epochs_per_step"], seed=self.seed, lr=a.lr)
+        return self.record(label, kappa, pruned, masks, start, {"schedule": schedule})
+
+    def filter(self, kappa, flops, schedule, label="filter"):
+        start = time.perf_counter()
+        b, a = self.budget(schedule), self.w["args"]
+        pruned, masks, _ = filter_pruning(self.model, self.train, None, self.classes, flops, steps=b["steps"],
+                                          warmup=a.warmup, epochs=b["epochs_per_step"], seed=self.seed,
+                                          example=self.held.tensors[0][:1], chain=FILTER_CHAINS[self.name], lr=a.lr)
+        return self.record(label, kappa, pruned, masks, start, {"flops_target": flops, "schedule": schedule})
 
 
 def validation_runs(s: Scenario) -> None:
-    """Every allocation rule with Taylor and magnitude at the validation sparsities."""
-    for kappa in s.w["args"].val_sparsities:
-        for allocation in ALLOCATIONS:
-            s.crisp(f"crisp_taylor_{allocation}", kappa, allocation=allocation)
-            s.crisp(f"crisp_magnitude_{allocation}", kappa, saliency="magnitude", allocation=allocation)
+    """Under each schedule: every allocation rule with Taylor and magnitude, and the baselines that
+    fine-tune (dense, unstructured, filter pruning at CRISP-Taylor's FLOPs, learned masks + blocks)."""
+    for schedule in SCHEDULES:
+        s.dense(schedule)
+        for kappa in s.w["args"].val_sparsities:
+            for allocation in ALLOCATIONS:
+                row = s.crisp(f"crisp_taylor_{allocation}", kappa, schedule, allocation=allocation)
+                s.crisp(f"crisp_magnitude_{allocation}", kappa, schedule, saliency="magnitude", allocation=allocation)
+                if allocation == DEFAULT_ALLOCATION:
+                    s.filter(kappa, row["flops_ratio"], schedule)
+            s.unstructured(kappa, schedule)
+            s.crisp("learned", kappa, schedule, method="learned")
 
 
 def test_runs(s: Scenario) -> None:
-    a, default = s.w["args"], s.w["default"]
-    start = time.perf_counter()
-    dense, masks, _ = dense_finetune(s.model, s.train, None, s.classes, steps=a.steps, warmup=a.warmup,
-                                     epochs=a.epochs_per_step, seed=s.seed, lr=a.lr)
-    s.record("dense_ft", None, dense, masks, start)
+    a, default, sched = s.w["args"], s.w["default"], s.w["schedules"]
+    crisp_schedule = sched["crisp"]
+    s.dense(sched["dense_ft"])
     frozen = dict(steps=1, epochs_per_step=0, warmup_epochs=0)
     s.crisp("magnitude_nm", 0.5, saliency="magnitude", **frozen)  # magnitude 2:4 on the frozen weights
     s.crisp("learned_nm", 0.5, method="learned", steps=1)  # learned 2:4 (the weights stay frozen)
-    s.crisp("nm_only", 0.5, steps=0)  # 2:4 with fine-tuning
+    s.crisp("nm_only", 0.5, "one-shot")  # 2:4 with fine-tuning (N:M alone is one step under either schedule)
     for kappa in [kp for kp in a.sparsities if kp <= s.w["reach"][s.name]]:  # reachable with 1 block per row
-        row = s.crisp("crisp_taylor", kappa, allocation=default)
-        s.crisp("crisp_magnitude", kappa, saliency="magnitude", allocation=default)
-        s.crisp("crisp_paper", kappa, allocation="paper")
-        s.crisp("block_only", kappa, pattern="1:1", allocation=default)
-        s.crisp("nm_only", kappa, pattern=nm_only_pattern(kappa, BLOCK[s.name]), block=None, steps=0)
-        s.crisp("learned", kappa, method="learned", allocation=default)
-        start = time.perf_counter()
-        sched = [0.5 + (kappa - 0.5) * p / a.steps for p in range(a.steps + 1)]
-        pruned, masks, _ = unstructured(s.model, s.train, None, s.classes, s.w["prunable"][s.name], sched,
-                                        warmup=a.warmup, epochs=a.epochs_per_step, seed=s.seed, lr=a.lr)
-        s.record("unstructured", kappa, pruned, masks, start)
-        start = time.perf_counter()
-        example = s.held.tensors[0][:1]
-        pruned, masks, _ = filter_pruning(s.model, s.train, None, s.classes, row["flops_ratio"], steps=a.steps,
-                                          warmup=a.warmup, epochs=a.epochs_per_step, seed=s.seed, example=example,
-                                          chain=FILTER_CHAINS[s.name], lr=a.lr)
-        s.record("filter", kappa, pruned, masks, start, {"flops_target": row["flops_ratio"]})
+        row = s.crisp("crisp_taylor", kappa, crisp_schedule, allocation=default)
+        s.crisp("crisp_magnitude", kappa, crisp_schedule, saliency="magnitude", allocation=default)
+        s.crisp("crisp_paper", kappa, crisp_schedule, allocation="paper")
+        s.crisp("block_only", kappa, crisp_schedule, pattern="1:1", allocation=default)
+        s.crisp("nm_only", kappa, "one-shot", pattern=nm_only_pattern(kappa, BLOCK[s.name]), block=None)
+        s.crisp("learned", kappa, sched["learned"], method="learned", allocation=default)
+        s.unstructured(kappa, sched["unstructured"])
+        s.filter(kappa, row["flops_ratio"], sched["filter"])
 
 
 _WORKER: dict = {}
 
 
-def _init_worker(states: dict, args: argparse.Namespace, default: str | None) -> None:
+def _init_worker(states: dict, args: argparse.Namespace, default: str | None, schedules: dict | None) -> None:
     """One single-threaded process per core (two OpenMP threads on a shared 2-core host stall each other)."""
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)  # denormal floats slowed CPU training 2x here; results are unaffected
-    w = {"args": args, "default": default, "models": {}, "pretrain": {}, "held": {}, "fold": {}, "shapes": {},
+    w = {"args": args, "default": default, "schedules": schedules, "models": {}, "pretrain": {}, "held": {}, "fold": {}, "shapes": {},
          "positions": {}, "prunable": {}, "reach": {}}
     for name, state in states.items():
         pre, held, fold = benchmark_split(INPUT_SIZE[name])
@@ -177,22 +206,48 @@ def _run_job(job):
     return job, s.rows, time.perf_counter() - start
 
 
+def cross_fit(scores: dict[str, list[float]]) -> dict:
+    """Per fold f the candidate with the best validation accuracy on fold 1 - f (ties: the first in
+    ``scores``); ``chosen`` is that candidate when both folds agree, else the best over both folds."""
+    names = list(scores)
+    by_fold = [max(names, key=lambda c: (scores[c][1 - f], -names.index(c))) for f in (0, 1)]
+    overall = max(names, key=lambda c: (sum(scores[c]), -names.index(c)))
+    return {"val_fold_accuracy": scores, "by_fold": by_fold, "overall": overall,
+            "chosen": by_fold[0] if by_fold[0] == by_fold[1] else overall}
+
+
+def _fold_means(rows: list[dict]) -> list[float]:
+    return [100 * statistics.fmean(r["fold_accuracy"][f] for r in rows) for f in (0, 1)]
+
+
 def choose_default(val_rows: list[dict]) -> dict:
-    """Per fold f: the allocation whose CRISP-Taylor runs have the best mean accuracy on fold 1 - f."""
+    """The allocation and schedule of CRISP, chosen together on the CRISP-Taylor validation runs."""
     scores = {}
     for allocation in ALLOCATIONS:
-        sel = [r for r in val_rows if r["method"] == f"crisp_taylor_{allocation}"]
-        if sel:
-            scores[allocation] = [100 * statistics.fmean(r["fold_accuracy"][f] for r in sel) for f in (0, 1)]
-    by_fold = [max(scores, key=lambda a: (scores[a][1 - f], -ALLOCATIONS.index(a))) for f in (0, 1)]
-    overall = max(scores, key=lambda a: (sum(scores[a]), -ALLOCATIONS.index(a)))
-    return {"val_fold_accuracy": scores, "by_fold": by_fold, "overall": overall}
+        for schedule in SCHEDULES:
+            sel = [r for r in val_rows if r["method"] == f"crisp_taylor_{allocation}" and r.get("schedule", "iterative") == schedule]
+            if sel:
+                scores[f"{allocation}, {schedule}"] = _fold_means(sel)
+    choice = cross_fit(scores)
+    choice["allocation"], choice["schedule"] = choice["chosen"].split(", ")
+    return choice
 
 
-def run_pool(jobs, states, args, default, log_prefix, t0, on_progress=None):
+def choose_schedules(val_rows: list[dict], crisp_schedule: str) -> dict:
+    """Each fine-tuning baseline's schedule, chosen on its own validation runs (CRISP's variants,
+    block-only included, take CRISP's)."""
+    out = {"crisp": {"chosen": crisp_schedule}}
+    for method in ("dense_ft", "unstructured", "filter", "learned"):
+        scores = {sch: _fold_means(sel) for sch in SCHEDULES
+                  if (sel := [r for r in val_rows if r["method"] == method and r.get("schedule") == sch])}
+        out[method] = cross_fit(scores) if scores else {"chosen": "iterative"}
+    return out
+
+
+def run_pool(jobs, states, args, default, schedules, log_prefix, t0, on_progress=None):
     rows = []
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(args.jobs, initializer=_init_worker, initargs=(states, args, default)) as pool:
+    with ctx.Pool(args.jobs, initializer=_init_worker, initargs=(states, args, default, schedules)) as pool:
         for job, new, took in pool.imap_unordered(_run_job, jobs):
             rows += new
             print(f"{log_prefix} {job[1]} {job[2]} classes seed {job[3]} {job[4]}: {len(new)} runs ({took:.0f}s, "
@@ -250,31 +305,34 @@ def main(argv=None):
         states[name] = model.state_dict()
         print(f"pretrained {name}: held-out accuracy on all digits {100 * pre_acc[name]:.2f}%", flush=True)
     val_jobs = [("val", m, k, VAL_SEED0 + s, c) for m in args.models for k, s, c in class_sets(args.val_sizes or args.sizes, range(args.val_seeds))]
-    val_rows = run_pool(val_jobs, states, args, None, "validation", t0)
+    val_rows = run_pool(val_jobs, states, args, None, None, "validation", t0)
     choice = choose_default(val_rows)
-    default = choice["by_fold"][0] if choice["by_fold"][0] == choice["by_fold"][1] else choice["overall"]
-    print(f"default allocation by validation: {default} ({choice})", flush=True)
+    default = choice["allocation"]
+    schedule_choice = choose_schedules(val_rows, choice["schedule"])
+    schedules = {m: c["chosen"] for m, c in schedule_choice.items()}
+    print(f"by validation: allocation {default}, schedules {schedules} ({choice})", flush=True)
     seeds = {m: args.seeds if m == "small_cnn" or args.deep_seeds is None else args.deep_seeds for m in args.models}
     jobs = [("test", m, k, s, c) for m in args.models for k, s, c in class_sets(args.sizes, range(seeds[m]))]
 
     def write(rows, complete=False):
         rows.sort(key=lambda r: (r["model"], r["k"], r["seed"], r["method"], r["sparsity"] or 0))
-        result = _result(args, seeds, pre_acc, choice, default, val_rows, rows, time.perf_counter() - t0, complete)
+        result = _result(args, seeds, pre_acc, choice, default, schedule_choice, val_rows, rows, time.perf_counter() - t0, complete)
         atomic_write_text(json_path, json.dumps(result, indent=2), parents=True)
         atomic_write_text(md_path, markdown(result), parents=True)
         return result
 
-    rows = run_pool(sorted(jobs, key=lambda j: (j[1] != "residual_cnn", -j[2])), states, args, default, "test", t0, write)
+    rows = run_pool(sorted(jobs, key=lambda j: (j[1] != "residual_cnn", -j[2])), states, args, default, schedules, "test", t0, write)
     print(markdown(write(rows, complete=True)))
     return 0
 
 
-def _result(args, seeds, pre_acc, choice, default, val_rows, rows, seconds, complete) -> dict:
+def _result(args, seeds, pre_acc, choice, default, schedule_choice, val_rows, rows, seconds, complete) -> dict:
     return {
         "config": dict(vars(args), seeds_per_model=seeds),
         "machine": f"{platform.machine()} CPU, {args.jobs} single-threaded worker processes on a {os.cpu_count()}-core host "
                    f"shared with other jobs (load average {LOAD_AT_START:.1f} at the start), torch {torch.__version__}",
         "pretrained_heldout_accuracy": pre_acc, "allocation_choice": choice, "default_allocation": default,
+        "schedule_choice": schedule_choice,
         "summary": summarize(rows), "targets": check_targets(rows, args.models, args.sizes, args.sparsities),
         "validation_runs": val_rows, "runs": rows, "seconds": seconds, "complete": complete,
     }

@@ -67,10 +67,11 @@ INPUT_SIZE = {"small_cnn": 8, "residual_cnn": 16}
 BLOCK = {"small_cnn": 32, "residual_cnn": 8}
 
 
-def build(name: str) -> nn.Module:
-    if name == "small_cnn":
-        return small_cnn(num_classes=10, in_channels=1, input_size=8)
-    return ResidualCNN()
+def build(name: str, seed: int = 0) -> nn.Module:
+    """The named model with its initial weights drawn from ``seed`` (the same model whatever ran before)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return small_cnn(num_classes=10, in_channels=1, input_size=8) if name == "small_cnn" else ResidualCNN()
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:

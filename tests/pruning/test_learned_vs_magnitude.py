@@ -1,8 +1,8 @@
 """Learned masks on frozen weights against magnitude masks on the same weights: learned 2:4 fits
-the user classes at least as well as magnitude 2:4, and learned masks + blocks stay above chance
-when the allocation keeps fewer layers at their floor (under the paper's allocation the
-classifier falls to one block per row, which frozen weights cannot make up for); with blocks,
-only the biases and BatchNorm affine parameters train besides the masks."""
+the user classes at least as well as magnitude 2:4, and learned masks + blocks keep the accuracy
+and beat magnitude hybrid masks when the allocation keeps fewer layers at their floor (under the
+paper's allocation the classifier falls to one block per row, which frozen weights cannot make up
+for); with blocks, only the biases and BatchNorm affine parameters train besides the masks."""
 
 import pytest
 import torch
@@ -62,21 +62,22 @@ def test_learned_2_4_on_frozen_weights_beats_magnitude_2_4(task):
     assert acc_l >= acc_m
 
 
-def test_learned_masks_with_blocks_stay_above_chance_and_beat_the_paper_allocation(task):
+def test_learned_masks_with_blocks_keep_accuracy_and_beat_magnitude_and_the_paper_allocation(task):
+    """70 % (2:4 in 8x8 blocks, 60 % of the blocks kept), one-shot, frozen conv/linear weights: measured
+    learned + blocks 0.953 accuracy (chance 0.25), magnitude hybrid masks on the same frozen weights 0.887,
+    learned + blocks under allocation="paper" 0.336 (conv and fc2 at one block per row)."""
     model, data, x, y = task
-    _, dense_acc = _fit(model, x, y)
-    kw = dict(classes=[0, 1, 2, 3], pattern=P, sparsity=0.85, steps=2, epochs_per_step=3, warmup_epochs=0,
-              saliency="magnitude", method="learned")
-    balanced, hist = prune(model, data, **kw)
-    paper, paper_hist = prune(model, data, allocation="paper", **kw)
+    kw = dict(classes=[0, 1, 2, 3], pattern=P, sparsity=0.7, steps=0, epochs_per_step=6, warmup_epochs=0,
+              saliency="magnitude")
+    balanced, hist = prune(model, data, method="learned", **kw)
+    paper, paper_hist = prune(model, data, method="learned", allocation="paper", **kw)
+    magnitude, _ = prune(model, data, **(kw | dict(epochs_per_step=0)))  # the same frozen weights, no fine-tune
     floors = hist.density_distribution()["at_floor"], paper_hist.density_distribution()["at_floor"]
     assert len(floors[0]) < len(floors[1])
-    _, acc_b = _fit(balanced, x, y)
-    _, acc_p = _fit(paper, x, y)
-    # measured: dense 1.0, default allocation 0.33, paper 0.31 (chance 0.25) on this hard random-teacher task;
-    # with only the mask logits training (no biases) 0.41 and 0.29
-    assert acc_b >= 0.25 + 0.05
-    assert acc_b > acc_p
+    (loss_b, acc_b), (_, acc_p), (loss_m, acc_m) = _fit(balanced, x, y), _fit(paper, x, y), _fit(magnitude, x, y)
+    assert acc_b >= 0.85
+    assert loss_b < loss_m and acc_b >= acc_m
+    assert acc_b >= acc_p + 0.3
 
 
 def test_learned_masks_with_blocks_train_only_affine_parameters_besides_the_masks(task):
