@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from crisp.onnx.compact.cost import choose_body, context_fraction, cost_reason
 from crisp.onnx.compact.functions import FunctionSet
