@@ -49,6 +49,7 @@ from crisp.pruning.prune import prune  # noqa: E402
 from crisp.pruning.targets import find_prunable, max_reachable_sparsity  # noqa: E402
 from crisp.errors import PatternError  # noqa: E402
 from crisp.sparsity.pattern import Pattern  # noqa: E402
+from crisp.pruning.schedule import sparsity_schedule  # noqa: E402
 from crisp.sparsity.selection import ALLOCATIONS, DEFAULT_ALLOCATION  # noqa: E402
 from crisp.tasks.digits_data import loader, subset  # noqa: E402
 
@@ -127,7 +128,7 @@ class Scenario:
     def unstructured(self, kappa, schedule, label="unstructured"):
         start = time.perf_counter()
         b, a = self.budget(schedule), self.w["args"]
-        sched = [0.5 + (kappa - 0.5) * p / b["steps"] for p in range(b["steps"] + 1)] if b["steps"] else [kappa]
+        sched = sparsity_schedule(Pattern(2, 4, BLOCK[self.name]), kappa, b["steps"])  # CRISP's, from 2:4's 50 %
         pruned, masks, _ = unstructured(self.model, self.train, None, self.classes, self.w["prunable"][self.name], sched,
                                         warmup=a.warmup, epochs=b["epochs_per_step"], seed=self.seed, lr=a.lr)
         return self.record(label, kappa, pruned, masks, start, {"schedule": schedule})
