@@ -5,8 +5,8 @@ Models: the in-project small CNN (8x8) and a residual bottleneck CNN on digits u
 digits of the pretrain part (40 % of every class). For user-class sets of 2, 3 and 5 classes (classes
 drawn per seed) each model is personalized and pruned by every method with the same fine-tuning
 budget (warm-up + (steps + 1) x epochs_per_step epochs on the user classes' pretrain samples, batch
-16, SGD momentum 0.9 wd 5e-4, cosine restarted in every phase, budget and lr chosen on validation class
-sets; learned masks train their logits with Adam lr 0.05). Accuracy is measured on the user classes' held-out samples (60 %
+16, SGD momentum 0.9 wd 5e-4, cosine restarted in every phase; the budget is crisp.prune's default,
+1 warm-up + 8 fine-tune epochs, and the lr was chosen on validation class sets; learned masks train their logits with Adam lr 0.05). Accuracy is measured on the user classes' held-out samples (60 %
 of every class, never seen in pretraining or fine-tuning; about 216 samples for 2 classes), in two
 fixed folds.
 
@@ -45,7 +45,7 @@ from accuracy_digits_stats import check_targets, summarize  # noqa: E402
 from digits_baselines import dense_finetune, filter_pruning, flops_ratio, out_positions, unstructured, weight_shapes  # noqa: E402
 
 from crisp.fileio import atomic_write_text  # noqa: E402
-from crisp.pruning.prune import prune  # noqa: E402
+from crisp.pruning.prune import DEFAULT_FINETUNE_EPOCHS, prune  # noqa: E402
 from crisp.pruning.targets import find_prunable, max_reachable_sparsity  # noqa: E402
 from crisp.errors import PatternError  # noqa: E402
 from crisp.sparsity.pattern import Pattern  # noqa: E402
@@ -269,9 +269,10 @@ def parse_args(argv):
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9, 0.95])
     p.add_argument("--val-sparsities", type=float, nargs="+", default=[0.9])
     p.add_argument("--val-sizes", type=int, nargs="+", default=None, help="class counts of the validation runs (default: --sizes)")
-    # budget and lr chosen on validation class sets (README: Accuracy on digits)
+    # the budget of crisp.prune's defaults (1 warm-up + DEFAULT_FINETUNE_EPOCHS = 8 shared among the steps);
+    # lr chosen on validation class sets (README: Accuracy on digits)
     p.add_argument("--steps", type=int, default=1)
-    p.add_argument("--epochs-per-step", type=int, default=2)
+    p.add_argument("--epochs-per-step", type=int, default=DEFAULT_FINETUNE_EPOCHS // 2)
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate of every weight-training method")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=16)

@@ -144,8 +144,8 @@ def markdown(result) -> str:
               "- After every pruning step (and for the frozen-weight rows, after the only one) the BatchNorm running "
               "statistics are re-estimated on the user classes' training samples (crisp.pruning.finetune."
               "recalibrate_batchnorm).",
-              "- Budget and learning rate were chosen on validation class sets (seeds 100+), never on these folds; "
-              "see the README (Accuracy on digits). Each method's schedule (iterative or one-shot, same epochs) is "
+              "- The budget is crisp.prune's default (1 warm-up + 8 fine-tune epochs); the learning rate was chosen on "
+              "validation class sets (seeds 100+), never on these folds; see the README (Accuracy on digits). Each method's schedule (iterative or one-shot, same epochs) is "
               "chosen in every run on its validation runs (top of this page); N:M-only and the frozen-weight rows "
               "are one step under either schedule.",
               "- Block-only cannot reach 90 % or 95 % on the residual CNN with 8x8 blocks (at most 88.8 % keeping one "
