@@ -432,10 +432,15 @@ void run_tiles(const Source& src, const Weights& w, const Sink& sink) {
   });
   const int64_t q = src.slack ? std::max<int64_t>(src.q_count(), kMinTile) : src.q_count();
   const int32_t* o = off.data();
-  if (q >= 64) return Tile<16, 4, 4>::run(src, w, sink, o);
-  if (q >= 32) return Tile<16, 2, 4>::run(src, w, sink, o);
   TORCH_CHECK(q >= kMinTile, "crisp: internal error: too few positions for a tile");
-  return Tile<16, 1, 4>::run(src, w, sink, o);
+  if constexpr (Isa::L >= 16) {  // 32 vector registers: up to 16 accumulators
+    if (q >= 64) return Tile<16, 4, 4>::run(src, w, sink, o);
+    if (q >= 32) return Tile<16, 2, 4>::run(src, w, sink, o);
+    return Tile<16, 1, 4>::run(src, w, sink, o);
+  } else {  // 8 lanes in 16 registers: at most 12 accumulators, or the tile spills to the stack
+    if (q >= 32) return Tile<8, 4, 3>::run(src, w, sink, o);
+    return Tile<8, 2, 4>::run(src, w, sink, o);
+  }
 }
 
 // Cheap structural checks only (O(rows)); the column range of every entry is checked once when
@@ -1028,7 +1033,8 @@ at::Tensor depthwise_conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& weigh
     const int64_t iy0 = y * sh - ph;
     const bool row_inside = iy0 >= 0 && iy0 + (kh - 1) * dh < h;
     float* orow = od + (ns * oh + y) * ow * c;
-    using V = VecOf<16>::type;
+    constexpr int VL = Isa::L;  // this ISA's native vector: a wider GCC vector spills on AVX2
+    using V = VecOf<VL>::type;
     constexpr int PX = 4;  // pixels sharing each weight load
     const float* ptr[PX][64];
     std::vector<const float*> spill;
@@ -1052,16 +1058,16 @@ at::Tensor depthwise_conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& weigh
       for (int p = 0; p < live; ++p) locate(p, xo + p);
       int64_t ci = 0;
       if (live == PX) {
-        for (; ci + 16 <= c; ci += 16) {
-          const V b = bd ? loadu<16>(bd + ci) : V{};
+        for (; ci + VL <= c; ci += VL) {
+          const V b = bd ? loadu<VL>(bd + ci) : V{};
           V acc[PX];
           for (int p = 0; p < PX; ++p) acc[p] = b;
           for (int64_t t = 0; t < taps; ++t) {
-            const V wv = loadu<16>(wd + t * c + ci);
-            for (int p = 0; p < PX; ++p) acc[p] += wv * loadu<16>(taps_of[p][t] + ci);
+            const V wv = loadu<VL>(wd + t * c + ci);
+            for (int p = 0; p < PX; ++p) acc[p] += wv * loadu<VL>(taps_of[p][t] + ci);
           }
           for (int p = 0; p < PX; ++p) {
-            if (clamp.on) acc[p] = clamp.apply<16>(acc[p]);
+            if (clamp.on) acc[p] = clamp.apply<VL>(acc[p]);
             std::memcpy(orow + (xo + p) * c + ci, &acc[p], sizeof(V));
           }
         }
@@ -1069,10 +1075,10 @@ at::Tensor depthwise_conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& weigh
       for (int p = 0; p < live; ++p) {  // what is left: pixels one at a time, then channels one at a time
         int64_t cj = ci;
         if (live != PX) {
-          for (; cj + 16 <= c; cj += 16) {
-            V acc = bd ? loadu<16>(bd + cj) : V{};
-            for (int64_t t = 0; t < taps; ++t) acc += loadu<16>(wd + t * c + cj) * loadu<16>(taps_of[p][t] + cj);
-            if (clamp.on) acc = clamp.apply<16>(acc);
+          for (; cj + VL <= c; cj += VL) {
+            V acc = bd ? loadu<VL>(bd + cj) : V{};
+            for (int64_t t = 0; t < taps; ++t) acc += loadu<VL>(wd + t * c + cj) * loadu<VL>(taps_of[p][t] + cj);
+            if (clamp.on) acc = clamp.apply<VL>(acc);
             std::memcpy(orow + (xo + p) * c + cj, &acc, sizeof(V));
           }
         }
