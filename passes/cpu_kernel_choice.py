@@ -31,7 +31,7 @@ from crisp.passes.cpu_common import layout, pack
 TUNE_ENV = "CRISP_CPU_TUNE"  # "0": no measurement, the rule (channel kernel where it fits, else rows)
 BUDGET_ENV = "CRISP_CPU_TUNE_BUDGET"  # seconds of measurement per compile (default 5)
 DEFAULT_BUDGET_S = 5.0
-CACHE_VERSION = 2  # 2: "dense" is torch's own conv / linear (1: crisp's kernels with every weight kept)
+CACHE_VERSION = 3  # 3: torch's dense op on one thread, AVX2 kernels rebuilt; 2: "dense" is torch's conv / linear
 _RUNS, _MIN_RUNS, _RUN_BUDGET_S, _DROP = 7, 3, 0.05, 3.0  # timed rounds (at most, at least), seconds per candidate
 DENSE_MARGIN = 0.9  # torch's dense path must take at most this share of crisp's best time
 INF = math.inf

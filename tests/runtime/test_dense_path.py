@@ -54,3 +54,30 @@ def test_epilogue_fuses_residual_and_clamp():
     r = torch.randn(1, 8, 4, 4, generator=g)
     got = dense_path.conv2d(x, w, b, r, [1, 1], [0, 0], [1, 1], 0.0, 6.0)
     assert torch.allclose(got, F.relu6(F.conv2d(x, w, b) + r), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_op_runs_on_one_thread_and_the_thread_count_comes_back():
+    """Between crisp's layers torch's op must not start its own OpenMP team (its spinning worker
+    starves crisp's pool helper); the caller's thread count is restored, also after an error."""
+    seen = []
+
+    g = torch.Generator().manual_seed(2)
+    x, w, b = torch.randn(1, 4, 6, 6, generator=g), torch.randn(8, 4, 1, 1, generator=g), torch.randn(8, generator=g)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        original = dense_path.F.conv2d
+        dense_path.F.conv2d = lambda *a, **k: (seen.append(torch.get_num_threads()), original(*a, **k))[1]
+        try:
+            got = dense_path.conv2d(x, w, b, None, [1, 1], [0, 0], [1, 1], -float("inf"), float("inf"))
+            with pytest.raises(RuntimeError):
+                dense_path.conv2d(x[:, :3], w, b, None, [1, 1], [0, 0], [1, 1], 0.0, 6.0)  # 3 channels for a 4-channel weight
+        finally:
+            dense_path.F.conv2d = original
+        assert torch.get_num_threads() == 2
+        assert seen[:1] == [1]
+        assert torch.allclose(got, F.conv2d(x, w, b), rtol=1e-5, atol=1e-5)
+        lin = dense_path.linear(torch.randn(3, 8, generator=g), torch.randn(5, 8, generator=g), None, 0.0, float("inf"))
+        assert lin.shape == (3, 5) and bool((lin >= 0).all()) and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
