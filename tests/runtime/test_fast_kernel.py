@@ -309,6 +309,25 @@ def test_depthwise_conv_equals_torch(batch, channels, h, w, kernel, stride, pad,
 
 
 @pytest.mark.parametrize("path", PATHS_HERE)
+@pytest.mark.parametrize("channels, kernel, stride, dilation", [
+    (24, 3, 1, 1), (13, 3, 2, 1), (40, 5, 1, 2), (17, 3, 1, 2), (8, 1, 2, 1), (33, (3, 5), (2, 1), (1, 2)),
+])
+def test_depthwise_conv_wide_rows_equal_torch(channels, kernel, stride, dilation, path):
+    """Rows wide enough for the kernel's interior runs (8 pixels whose windows lie inside the
+    input), with the padded edges, the pixels left over after the runs and a channel tail."""
+    gen = torch.Generator().manual_seed(channels)
+    x = torch.randn(2, channels, 11, 45, generator=gen).contiguous(memory_format=torch.channels_last)
+    k = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    weight = torch.randn(channels, 1, *k, generator=gen)
+    b = torch.randn(channels, generator=gen)
+    pad = tuple(d * (kk - 1) // 2 for kk, d in zip(k, dilation if isinstance(dilation, tuple) else (dilation,) * 2))
+    want = F.conv2d(x.contiguous(), weight, b, stride, pad, dilation, groups=channels).clamp(0, 6)
+    got = fast_kernel.depthwise_conv2d(x, weight, b, stride, pad, dilation, relu=True, clamp_max=6.0, capability=path)
+    assert got.shape == want.shape
+    assert max_relative_error(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("path", PATHS_HERE)
 @pytest.mark.parametrize("block", [16, 32])
 def test_channel_kernel_on_a_fully_kept_weight_equals_conv2d(block, path):
     """Dense convs run on the channel kernel as 4:4 weights (the broadcast path, no permutes)."""
