@@ -76,8 +76,17 @@ struct Isa {
     return _mm256_castps128_ps256(_mm_loadu_ps(p));
   }
   static inline V pick(V x, I i) { return _mm256_permutevar8x32_ps(x, i); }
-  static inline V load_lanes(const float* p, int64_t lanes) { return _mm256_maskload_ps(p, lane_mask(lanes)); }
-  static inline void store_lanes(float* p, V y, int64_t lanes) { _mm256_maskstore_ps(p, lane_mask(lanes), y); }
+  // vmaskmovps is slow on AMD (a masked store costs many cycles on Zen 3): plain moves for full vectors
+  static inline V load_lanes(const float* p, int64_t lanes) {
+    return lanes >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lane_mask(lanes));
+  }
+  static inline void store_lanes(float* p, V y, int64_t lanes) {
+    if (lanes >= 8) {
+      _mm256_storeu_ps(p, y);
+    } else {
+      _mm256_maskstore_ps(p, lane_mask(lanes), y);
+    }
+  }
 };
 #else
 #define CRISP_ISA_NAME "default"

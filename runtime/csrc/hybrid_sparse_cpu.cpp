@@ -785,8 +785,10 @@ static_assert(H % HS == 0, "a tile covers whole halves");
 // inputs, for RV row vectors of one block-row (they share its groups, so each group's inputs are
 // loaded once for all of them) and HS of their H halves (with 8 lanes, one half per tile leaves
 // registers for P = 8 positions: 8 accumulators, 2n weights and indices, the group load).
-template <int P, int NN, bool WIDE, int RV, bool DENSE = false>
-inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t rv, int h0, Isa::G live,
+// REG: the tile's positions read at a fixed step from the first one (step floats) for every tap, so
+// one pointer per group replaces the P pointer loads (each a load the group's inputs wait on).
+template <int P, int NN, bool WIDE, int RV, bool DENSE = false, bool REG = false>
+inline void chan_tile(const float* const* table, int64_t step, const ChanWeights& w, int64_t rv, int h0, Isa::G live,
                       IV (&acc_out)[RV][HS][P]) {
   // Accumulate in a local copy: the vector types may alias float, so through the reference every
   // input load would force the accumulators out to memory (measured: 5x slower on AVX2).
@@ -806,6 +808,8 @@ inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t r
   for (int64_t g = 0; g < w.groups; ++g) {
     const float* const* ptr = table + gtap[g] * P;
     const int64_t cin = gcin[g];
+    const float* first = ptr[0] + cin;
+    auto at = [&](int q) -> const float* { return REG ? first + q * step : ptr[q] + cin; };
     if constexpr (DENSE) {  // every weight of the group kept (n == m): entry j multiplies input j
       IV v[RV][HS][NN];
 #pragma GCC unroll 4
@@ -817,7 +821,7 @@ inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t r
       for (int q = 0; q < P; ++q) {
 #pragma GCC unroll 4
         for (int j = 0; j < NN; ++j) {
-          const IV xj = Isa::set1(ptr[q][cin + j]);
+          const IV xj = Isa::set1(at(q)[j]);
 #pragma GCC unroll 4
           for (int u = 0; u < RV; ++u)
             for (int hh = 0; hh < HS; ++hh) acc[u][hh][q] = Isa::fma(v[u][hh][j], xj, acc[u][hh][q]);
@@ -837,7 +841,7 @@ inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t r
           }
 #pragma GCC unroll 16
       for (int q = 0; q < P; ++q) {
-        const IV xg = Isa::load_group<WIDE>(ptr[q] + cin, live);
+        const IV xg = Isa::load_group<WIDE>(at(q), live);
 #pragma GCC unroll 4
         for (int u = 0; u < RV; ++u)
           for (int hh = 0; hh < HS; ++hh)
@@ -846,7 +850,7 @@ inline void chan_tile(const float* const* table, const ChanWeights& w, int64_t r
       }
     } else {
       for (int q = 0; q < P; ++q) {
-        const IV xg = Isa::load_group<WIDE>(ptr[q] + cin, live);
+        const IV xg = Isa::load_group<WIDE>(at(q), live);
         for (int u = 0; u < RV; ++u)
           for (int hh = 0; hh < HS; ++hh)
             for (int64_t j = 0; j < n; ++j) {
@@ -884,6 +888,19 @@ inline void chan_store(const ChanSink& sink, int64_t sample_out, int64_t p0, int
   }
 }
 
+// The step (in floats, > 0) at which every used tap's P positions read, or 0 if they do not (a
+// tile across an output row, or touching the padding).
+template <int P>
+inline int64_t regular_step(const ChanSource& src, const float* const* table) {
+  const int32_t t0 = src.used_taps.empty() ? 0 : src.used_taps[0];
+  const int64_t step = table[t0 * P + 1] - table[t0 * P];
+  if (step <= 0) return 0;
+  for (const int32_t t : src.used_taps)
+    for (int q = 1; q < P; ++q)
+      if (table[t * P + q] != table[t * P] + q * step) return 0;
+  return step;
+}
+
 template <int NN, bool WIDE, int RV, bool DENSE = false>
 void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink, int64_t samples, int64_t m) {
   constexpr int P = Isa::P;
@@ -919,6 +936,7 @@ void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink,
     for (int64_t p0 = q_begin; p0 < q_end; p0 += P) {
       const int live = static_cast<int>(std::min<int64_t>(P, q_end - p0));
       src.tap_pointers<P>(x, p0, live, table);
+      const int64_t step = live == P ? regular_step<P>(src, table) : 0;
       for (int64_t u = u_begin; u < u_end; ++u) {
         const int64_t rv = u * RV;
         for (int h0 = 0; h0 < H; h0 += HS) {
@@ -927,7 +945,11 @@ void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink,
           for (int i = 0; i < RV; ++i)
             for (int hh = 0; hh < HS; ++hh)
               for (int q = 0; q < P; ++q) acc[i][hh][q] = Isa::zero();
-          chan_tile<P, NN, WIDE, RV, DENSE>(table, w, rv, h0, live_lanes, acc);
+          if (step > 0) {
+            chan_tile<P, NN, WIDE, RV, DENSE, true>(table, step, w, rv, h0, live_lanes, acc);
+          } else {
+            chan_tile<P, NN, WIDE, RV, DENSE, false>(table, 0, w, rv, h0, live_lanes, acc);
+          }
           for (int i = 0; i < RV; ++i) chan_store<P>(sink, sample_out, p0, live, rv + i, h0, acc[i]);
         }
       }
