@@ -43,6 +43,8 @@ struct Isa {
     return _mm512_castps128_ps512(_mm_loadu_ps(p));              // m = 4: upper lanes undefined, never picked
   }
   static inline V pick(V x, I i) { return _mm512_permutexvar_ps(i, x); }
+  template <bool WIDE>
+  static inline V pick_group(V x, I i) { return pick(x, i); }
   static inline V load_lanes(const float* p, int64_t lanes) { return _mm512_maskz_loadu_ps(lane_mask(lanes), p); }
   static inline void store_lanes(float* p, V y, int64_t lanes) { _mm512_mask_storeu_ps(p, lane_mask(lanes), y); }
   static inline __mmask16 lane_mask(int64_t lanes) { return lanes >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << lanes) - 1); }
@@ -70,12 +72,20 @@ struct Isa {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(lanes)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
   static inline G group_mask(int64_t m) { return lane_mask(m); }
+  // m = 4: the group in both 128-bit lanes (a load, no shuffle), so that every lane picks its input
+  // with the in-lane vpermilps; the cross-lane vpermps runs one per two cycles on Zen 3 and was
+  // the kernel's bottleneck (a model of its group loop: 1.3 -> 2.3 kept FMAs per ns)
   template <bool WIDE>
   static inline V load_group(const float* p, G live) {
     if constexpr (WIDE) return _mm256_maskload_ps(p, live);
-    return _mm256_castps128_ps256(_mm_loadu_ps(p));
+    return _mm256_broadcast_ps(reinterpret_cast<const __m128*>(p));
   }
   static inline V pick(V x, I i) { return _mm256_permutevar8x32_ps(x, i); }
+  template <bool WIDE>
+  static inline V pick_group(V x, I i) {
+    if constexpr (WIDE) return pick(x, i);
+    return _mm256_permutevar_ps(x, i);  // index i < 4 within the lane that holds the group
+  }
   // vmaskmovps is slow on AMD (a masked store costs many cycles on Zen 3): plain moves for full vectors
   static inline V load_lanes(const float* p, int64_t lanes) {
     return lanes >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lane_mask(lanes));
@@ -124,6 +134,8 @@ struct Isa {
     return v;
   }
   static inline V pick(V x, I i) { return __builtin_shuffle(x, i); }
+  template <bool WIDE>
+  static inline V pick_group(V x, I i) { return pick(x, i); }
   static inline V load_lanes(const float* p, int64_t lanes) {
     V v{};
     std::memcpy(&v, p, sizeof(float) * (lanes < L ? lanes : L));

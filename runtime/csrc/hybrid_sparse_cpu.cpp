@@ -846,7 +846,8 @@ inline void chan_tile(const float* const* table, int64_t step, const ChanWeights
         for (int u = 0; u < RV; ++u)
           for (int hh = 0; hh < HS; ++hh)
 #pragma GCC unroll 4
-            for (int j = 0; j < NN; ++j) acc[u][hh][q] = Isa::fma(v[u][hh][j], Isa::pick(xg, ix[u][hh][j]), acc[u][hh][q]);
+            for (int j = 0; j < NN; ++j)
+              acc[u][hh][q] = Isa::fma(v[u][hh][j], Isa::template pick_group<WIDE>(xg, ix[u][hh][j]), acc[u][hh][q]);
       }
     } else {
       for (int q = 0; q < P; ++q) {
