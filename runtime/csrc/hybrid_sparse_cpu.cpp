@@ -781,7 +781,7 @@ constexpr int H = kHalves;
 constexpr int HS = Isa::HS;  // halves of a row vector per register tile (H / HS tiles cover it)
 static_assert(H % HS == 0, "a tile covers whole halves");
 
-// acc[u][h][q] (lanes (h0 + h)*L.. of row vector rv + u at position q) += the kept weights times
+// acc[u][h][q] (lanes (h0 + h)*L.. of row vector rv + u at position q) = the kept weights times
 // inputs, for RV row vectors of one block-row (they share its groups, so each group's inputs are
 // loaded once for all of them) and HS of their H halves (with 8 lanes, one half per tile leaves
 // registers for P = 8 positions: 8 accumulators, 2n weights and indices, the group load).
@@ -790,14 +790,15 @@ static_assert(H % HS == 0, "a tile covers whole halves");
 template <int P, int NN, bool WIDE, int RV, bool DENSE = false, bool REG = false>
 inline void chan_tile(const float* const* table, int64_t step, const ChanWeights& w, int64_t rv, int h0, Isa::G live,
                       IV (&acc_out)[RV][HS][P]) {
-  // Accumulate in a local copy: the vector types may alias float, so through the reference every
-  // input load would force the accumulators out to memory (measured: 5x slower on AVX2).
+  // Accumulate in a local array, stored to acc_out at the end: the vector types may alias float,
+  // so through the reference every input load would force the accumulators out to memory
+  // (measured: 5x slower on AVX2).
   IV acc[RV][HS][P];
 #pragma GCC unroll 4
   for (int u = 0; u < RV; ++u)
     for (int hh = 0; hh < HS; ++hh)
 #pragma GCC unroll 16
-      for (int q = 0; q < P; ++q) acc[u][hh][q] = acc_out[u][hh][q];
+      for (int q = 0; q < P; ++q) acc[u][hh][q] = Isa::zero();
   const int64_t br = rv / w.rvs_per_br;
   const int64_t n = NN > 0 ? NN : w.n;
   const int64_t rv_stride = w.groups * n * 16;
@@ -942,10 +943,7 @@ void chan_run(const ChanSource& src, const ChanWeights& w, const ChanSink& sink,
         const int64_t rv = u * RV;
         for (int h0 = 0; h0 < H; h0 += HS) {
           if (rv * 16 + h0 * Isa::L >= sink.rows) break;  // the last row vector's lanes past the rows
-          IV acc[RV][HS][P];
-          for (int i = 0; i < RV; ++i)
-            for (int hh = 0; hh < HS; ++hh)
-              for (int q = 0; q < P; ++q) acc[i][hh][q] = Isa::zero();
+          IV acc[RV][HS][P];  // chan_tile sets every entry
           if (step > 0) {
             chan_tile<P, NN, WIDE, RV, DENSE, true>(table, step, w, rv, h0, live_lanes, acc);
           } else {
