@@ -239,6 +239,41 @@ void parallel_range(int64_t n, int64_t grain, const F& fn) {
   parallel_items(chunks, [&](int64_t c) { fn(c * grain, std::min(n, (c + 1) * grain)); });
 }
 
+// x laid out contiguously in `format`, copied by crisp's own pool when it is not already. A layout
+// change left to torch runs on torch's OpenMP pool, whose worker then spins for milliseconds
+// (libgomp's default wait policy) on the core that crisp's helper needs for the next layers: two
+// such copies in ResNet-50 (rows-kernel layers between channels-last ones) made the model 1.45x
+// slower at 2 threads (31 vs 21 ms per run, 2-vCPU AMD EPYC). Float 4-D tensors whose spatial
+// dims merge are copied here (every layout the kernels meet); anything else goes to torch.
+at::Tensor pool_contiguous(const at::Tensor& x, at::MemoryFormat format) {
+  if (x.is_contiguous(format)) return x;
+  const bool four_d = x.dim() == 4 && x.scalar_type() == at::kFloat;
+  const int64_t h = four_d ? x.size(2) : 0, w = four_d ? x.size(3) : 0;
+  if (!four_d || !(h == 1 || w == 1 || x.stride(2) == w * x.stride(3))) return x.contiguous(format);
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(format));
+  if (out.numel() == 0) return out;
+  // out is [n][a][b] contiguous; x's element (sample, a, b) sits at sample*s0 + a*sa + b*sb
+  const int64_t n = x.size(0), c = x.size(1), hw = h * w;
+  const int64_t s0 = x.stride(0), sc = x.stride(1), sp = w == 1 ? x.stride(2) : x.stride(3);
+  const bool cl = format == at::MemoryFormat::ChannelsLast;
+  const int64_t a_n = cl ? hw : c, b_n = cl ? c : hw, sa = cl ? sp : sc, sb = cl ? sc : sp;
+  constexpr int64_t kT = 16;  // a tile of kT x kT: the lines a strided read touches are reused kT times
+  const int64_t a_tiles = (a_n + kT - 1) / kT;
+  const float* xd = x.data_ptr<float>();
+  float* od = out.data_ptr<float>();
+  parallel_items(n * a_tiles, [&](int64_t item) {
+    const int64_t ni = item / a_tiles, a0 = (item % a_tiles) * kT, a1 = std::min(a_n, a0 + kT);
+    const float* src = xd + ni * s0;
+    float* dst = od + ni * a_n * b_n;
+    for (int64_t b0 = 0; b0 < b_n; b0 += kT) {
+      const int64_t b1 = std::min(b_n, b0 + kT);
+      for (int64_t a = a0; a < a1; ++a)
+        for (int64_t b = b0; b < b1; ++b) dst[a * b_n + b] = src[a * sa + b * sb];
+    }
+  });
+  return out;
+}
+
 // The fused activation: y = min(max(y, lo), hi) (ReLU: [0, inf), ReLU6: [0, 6]); NaN stays NaN.
 struct Clamp {
   bool on = false;
@@ -474,7 +509,7 @@ struct Epilogue {
     }
     if (r.has_value() && r->defined()) {
       TORCH_CHECK(r->sizes() == out.sizes(), "crisp: residual must have the output's shape ", out.sizes());
-      residual = r->to(at::kFloat).contiguous(out.suggest_memory_format());
+      residual = pool_contiguous(r->to(at::kFloat), out.suggest_memory_format());
     }
   }
   const float* bias_ptr() const { return bias.defined() ? bias.data_ptr<float>() : nullptr; }
@@ -524,7 +559,7 @@ at::Tensor conv2d_fast(const at::Tensor& x_in, const at::Tensor& row_ptr, const 
                        c10::IntArrayRef dilation, double clamp_min, double clamp_max, bool channels_last) {
   TORCH_CHECK(x_in.dim() == 4, "crisp: conv input must be [N, C, H, W], got ", x_in.dim(), " dims");
   TORCH_CHECK(x_in.scalar_type() == at::kFloat, "crisp: the cpu kernels run float32, got ", x_in.scalar_type());
-  const at::Tensor x = x_in.contiguous();
+  const at::Tensor x = pool_contiguous(x_in, at::MemoryFormat::Contiguous);
   const int64_t n_s = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const ConvGeometry geo(kernel_size, stride, padding, dilation);
   const int64_t kh = geo.kh, kw = geo.kw, sh = geo.sh, sw = geo.sw, ph = geo.ph, pw = geo.pw, dh = geo.dh, dw = geo.dw;
@@ -969,7 +1004,7 @@ at::Tensor max_pool2d_nhwc(const at::Tensor& x_in, c10::IntArrayRef kernel_size,
   const int64_t ph = pair_arg(padding, 0, "padding"), pw = pair_arg(padding, 1, "padding");
   TORCH_CHECK(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0 && 2 * ph <= kh && 2 * pw <= kw,
               "crisp: invalid max_pool2d geometry");
-  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = pool_contiguous(x_in, at::MemoryFormat::ChannelsLast);
   const int64_t n_s = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t oh = (h + 2 * ph - kh) / sh + 1, ow = (w + 2 * pw - kw) / sw + 1;
   TORCH_CHECK(oh >= 1 && ow >= 1, "crisp: max_pool2d output would be empty for input ", h, "x", w);
@@ -999,7 +1034,7 @@ at::Tensor max_pool2d_nhwc(const at::Tensor& x_in, c10::IntArrayRef kernel_size,
 at::Tensor global_avg_pool_nhwc(const at::Tensor& x_in) {
   TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat,
               "crisp: global_avg_pool_nhwc needs a float32 [N, C, H, W] input");
-  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = pool_contiguous(x_in, at::MemoryFormat::ChannelsLast);
   const int64_t n_s = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
   at::Tensor out = at::empty({n_s, c, 1, 1}, x.options());
   const float* xd = x.data_ptr<float>();
@@ -1030,7 +1065,7 @@ at::Tensor depthwise_conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& weigh
   TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat, "crisp: depthwise_conv2d_nhwc needs a float32 [N, C, H, W] input");
   const ConvGeometry geo(kernel_size, stride, padding, dilation);
   const int64_t kh = geo.kh, kw = geo.kw, sh = geo.sh, sw = geo.sw, ph = geo.ph, pw = geo.pw, dh = geo.dh, dw = geo.dw;
-  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = pool_contiguous(x_in, at::MemoryFormat::ChannelsLast);
   const int64_t n_s = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.dim() == 2 && weight.size(0) == kh * kw && weight.size(1) == c &&
                   weight.is_contiguous(),
@@ -1237,7 +1272,7 @@ at::Tensor conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& vals, const at:
 
   const bool wide = m != 4;  // a 4-float load fits m = 4 exactly; other m use a masked 16-float load
   // The input is read where it is (channels-last); taps in the zero padding read `zeros`.
-  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = pool_contiguous(x_in, at::MemoryFormat::ChannelsLast);
   const at::Tensor zeros = at::zeros({c + 16}, x.options());
   ChanSource src{x.data_ptr<float>(), zeros.data_ptr<float>(), h * w * c, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, {}};
   {
