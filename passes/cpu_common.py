@@ -13,7 +13,7 @@ from torch import fx, nn
 from crisp.errors import CrispError
 from crisp.ir.meta import CPU_KEY
 from crisp.runtime import dense_path, fast_kernel
-from crisp.runtime.packed_weight import ChannelPackedWeight, DenseWeight, PackedHybridWeight
+from crisp.runtime.packed_weight import ChannelPackedWeight, DenseWeight, GemmPackedWeight, PackedHybridWeight
 
 INF = float("inf")
 
@@ -82,9 +82,12 @@ def sole_user(node: fx.Node) -> fx.Node | None:
 
 
 def layout(packed) -> str:
-    """The kernel a packed weight runs on: ``channel``, ``rows`` or ``dense`` (torch's own conv / linear)."""
+    """The kernel a packed weight runs on: ``channel``, ``rows``, ``gemm`` (crisp's dense 1x1 conv)
+    or ``dense`` (torch's own conv / linear)."""
     if isinstance(packed, DenseWeight):
         return "dense"
+    if isinstance(packed, GemmPackedWeight):
+        return "gemm"
     return "channel" if isinstance(packed, ChannelPackedWeight) else "rows"
 
 
@@ -101,6 +104,9 @@ def conv_call(graph: fx.Graph, packed, x, attrs, bias, residual, geometry) -> fx
     if isinstance(packed, DenseWeight):
         _, stride, padding, dilation, lo, hi = geometry
         return graph.call_function(dense_path.conv2d, (x, *attrs, bias, residual, stride, padding, dilation, lo, hi))
+    if isinstance(packed, GemmPackedWeight):
+        lo, hi = geometry[-2:]
+        return graph.call_function(fast_kernel.op("dense_conv1x1_nhwc"), (x, *attrs, packed.rows, bias, residual, lo, hi))
     if isinstance(packed, ChannelPackedWeight):
         args = (x, *attrs, packed.rows, packed.n, packed.m, bias, residual, *geometry)
         return graph.call_function(fast_kernel.op("hybrid_sparse_conv2d_nhwc"), args)

@@ -190,3 +190,38 @@ class DenseWeight:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight}
+
+
+@dataclass(frozen=True, eq=False)
+class GemmPackedWeight:
+    """A dense 1x1 conv weight (stride 1, no padding) packed for crisp's GEMM kernel on
+    channels-last activations: ``panels[o // 16, k, o % 16]`` = ``weight[o, k]``, 16 output
+    channels per panel, zero past the last one. Every weight is kept: this is how a layer left
+    dense (or whose pruned weight runs fastest dense) runs on crisp's own threads, with its bias,
+    residual and activation fused."""
+
+    panels: torch.Tensor  # float32 [ceil(rows / 16), K, 16]
+    rows: int
+    weight_shape: tuple[int, ...]
+
+    @staticmethod
+    def supports(weight_shape: tuple[int, ...], stride, padding) -> bool:
+        """A 1x1 conv (dilation is then moot) with stride 1 and no padding."""
+        return (len(weight_shape) == 4 and tuple(weight_shape[2:]) == (1, 1) and all(int(s) == 1 for s in stride)
+                and all(int(q) == 0 for q in padding))
+
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor) -> "GemmPackedWeight":
+        w = weight.detach().to(torch.float32).reshape(weight.shape[0], -1)
+        rows, k = w.shape
+        padded = torch.zeros((rows + 15) // 16 * 16, k)
+        padded[:rows] = w
+        panels = padded.reshape(-1, 16, k).transpose(1, 2).contiguous()
+        return cls(panels, rows, tuple(weight.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.panels.numel() * self.panels.element_size()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"panels": self.panels}

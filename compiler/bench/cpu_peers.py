@@ -33,7 +33,7 @@ from crisp.ir.batchnorm import fold_batchnorms
 from crisp.ir.conv_geometry import conv_out_size
 from crisp.ir.layer_info import LayerInfo
 from crisp.runtime import fast_kernel
-from crisp.runtime.packed_weight import ChannelPackedWeight, DenseWeight
+from crisp.runtime.packed_weight import ChannelPackedWeight, DenseWeight, GemmPackedWeight
 from crisp.passes.cpu_kernel_choice import candidates, run_candidate
 from crisp.errors import CrispError
 from crisp.bench.timing import Timing, measure
@@ -166,7 +166,7 @@ class LayerTiming:
     crisp_ms: float
     limit_ms: float  # dense_ms * density: the ideal block-skip time
     efficiency: float  # limit_ms / crisp_ms
-    kernel: str = "rows"  # "channel" (NHWC, over output channels), "rows" (over positions) or "dense" (torch)
+    kernel: str = "rows"  # "channel" (NHWC, over output channels), "rows" (over positions), "gemm" (crisp's dense 1x1) or "dense" (torch)
     dense_cpu_ms: float = float("nan")  # process CPU time medians (robust to other jobs at 1 thread)
     crisp_cpu_ms: float = float("nan")
     # the share of weight blocks kept (density x m/n): the bound of a kernel that skips pruned
@@ -208,10 +208,13 @@ def per_layer_times(model: nn.Module, compiled, x: torch.Tensor, **measure_kw) -
             xi = inputs[info.name]
             bias = None if module.bias is None else module.bias.detach()
             chosen = compiled.artifacts.get("kernel_choices", {}).get(info.name, {})
-            options = candidates(info.compact, info.weight_shape[1], info.kind == "conv")
+            conv_geometry = ((info.conv.kernel, info.conv.strides, info.conv.padding, info.conv.dilations)
+                             if isinstance(module, nn.Conv2d) else None)
+            options = candidates(info.compact, info.weight_shape[1], info.kind == "conv", conv_geometry)
             kernel = chosen.get("kernel") if chosen.get("kernel") in options else next(iter(options))
             packed = options[kernel]  # the kernel the compiled model runs for this layer
-            channel = isinstance(packed, (ChannelPackedWeight, DenseWeight))  # they take channels-last inputs
+            # they take channels-last inputs
+            channel = isinstance(packed, (ChannelPackedWeight, DenseWeight, GemmPackedWeight))
             density = float(info.mask.sum()) / info.mask.numel()
             if isinstance(module, nn.Conv2d):
                 cl_module = copy.deepcopy(module).to(memory_format=torch.channels_last)
@@ -219,10 +222,8 @@ def per_layer_times(model: nn.Module, compiled, x: torch.Tensor, **measure_kw) -
                 dense_runs = (measure(lambda: module(xi), **measure_kw), measure(lambda: cl_module(x_cl), **measure_kw))
                 dense = min(t.median_ms for t in dense_runs)
                 dense_cpu = min(t.cpu_median_ms for t in dense_runs)
-                conv = info.conv
                 xk = x_cl if channel else xi  # the layout the compiled graph feeds this kernel
-                geometry = (conv.kernel, conv.strides, conv.padding, conv.dilations)
-                fast = measure(lambda: run_candidate(packed, xk, bias, geometry, True), **measure_kw)
+                fast = measure(lambda: run_candidate(packed, xk, bias, conv_geometry, True), **measure_kw)
             else:
                 dense_run = measure(lambda: module(xi), **measure_kw)
                 dense, dense_cpu = dense_run.median_ms, dense_run.cpu_median_ms

@@ -21,6 +21,7 @@ namespace {
 struct Isa {
   static constexpr int L = 16;  // lanes
   static constexpr int P = 8;   // output positions per register tile
+  static constexpr int GP = 12;  // dense 1x1 GEMM: positions per tile (x 2 vectors: 24 accumulators of 32 registers)
   static constexpr int HS = 1;  // 16-lane halves per tile (one: L = 16)
   static constexpr int RV = 2;  // row vectors per tile when a block-row has an even number of them
   using V = __m512;
@@ -54,6 +55,7 @@ struct Isa {
 struct Isa {
   static constexpr int L = 8;
   static constexpr int P = 8;   // one 8-lane half per tile: 8 accumulators + 2n weights/indices fit 16 registers
+  static constexpr int GP = 6;  // dense 1x1 GEMM: 6 positions x 2 vectors = 12 accumulators, 2 weights, 1 broadcast
   static constexpr int HS = 1;
   static constexpr int RV = 1;
   using V = __m256;
@@ -103,6 +105,7 @@ struct Isa {
 struct Isa {
   static constexpr int L = 8;
   static constexpr int P = 4;
+  static constexpr int GP = 4;  // dense 1x1 GEMM positions per tile
   static constexpr int HS = 1;
   static constexpr int RV = 1;
   typedef float V __attribute__((vector_size(L * sizeof(float))));

@@ -1303,6 +1303,126 @@ at::Tensor conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& vals, const at:
   return out;
 }
 
+
+// ============================================================================ dense 1x1 conv (GEMM)
+// A conv left dense (or whose pruned weight runs best dense) with a 1x1 kernel, stride 1 and no
+// padding is a GEMM on channels-last activations, batch and positions merged: out[p, o] =
+// sum_k x[p, k] w[k, o]. The weight is packed in panels of 16 output channels, panels[o / 16, k,
+// o % 16] (zero past the last channel). A register tile is GP positions x 2 vectors of outputs:
+// per input channel two weight loads and GP broadcasts feed 2 GP FMAs; bias, residual and clamp
+// are fused into the store. MobileNetV2's small-K expansions (K = 16..32, left dense since K is
+// below one block) were 2x slower on torch's one-thread conv plus its separate clamp pass.
+// Where a GEMM tile's outputs go: bias (padded with zeros to whole vectors), residual, clamp.
+struct GemmSink {
+  float* out;
+  const float* residual;
+  const float* bias;
+  int64_t rows;
+  IV lo, hi;  // the clamp; -inf / inf when there is none (max / min keep NaN, like torch.clamp)
+};
+
+// The tile of positions [p0, p0 + live) x vectors v0 .. v0 + VV - 1, its epilogue fused: the
+// accumulators go straight from registers to the output (FULL: live == PP, the loop unrolled).
+template <int PP, int VV, bool RES, bool FULL>
+inline void gemm_tile(const float* x, int64_t k, int live, const float* const (&wv)[2], const GemmSink& sink,
+                      int64_t p0, int64_t v0) {
+  IV acc[PP][VV];
+#pragma GCC unroll 16
+  for (int q = 0; q < PP; ++q)
+    for (int v = 0; v < VV; ++v) acc[q][v] = Isa::zero();
+  const float* xp[PP];
+  for (int q = 0; q < PP; ++q) xp[q] = x + (FULL ? q : std::min(q, live - 1)) * k;  // past `live`: a repeat, never stored
+  for (int64_t i = 0; i < k; ++i) {
+    IV w[VV];
+    for (int v = 0; v < VV; ++v) w[v] = Isa::load(wv[v] + i * 16);
+#pragma GCC unroll 16
+    for (int q = 0; q < PP; ++q) {
+      const IV b = Isa::set1(xp[q][i]);
+      for (int v = 0; v < VV; ++v) acc[q][v] = Isa::fma(w[v], b, acc[q][v]);
+    }
+  }
+  for (int v = 0; v < VV; ++v) {
+    const int64_t r0 = (v0 + v) * Isa::L, lanes = std::min<int64_t>(Isa::L, sink.rows - r0);
+    const IV b = Isa::load(sink.bias + r0);
+#pragma GCC unroll 16
+    for (int q = 0; q < PP; ++q) {
+      if (!FULL && q >= live) break;
+      const int64_t o = (p0 + q) * sink.rows + r0;
+      IV y = Isa::add(acc[q][v], b);
+      if constexpr (RES) y = Isa::add(y, Isa::load_lanes(sink.residual + o, lanes));
+      Isa::store_lanes(sink.out + o, Isa::clamp(y, sink.lo, sink.hi), lanes);
+    }
+  }
+}
+
+at::Tensor dense_conv1x1_nhwc(const at::Tensor& x_in, const at::Tensor& panels, int64_t rows,
+                              const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                              double clamp_min, double clamp_max) {
+  TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat, "crisp: dense_conv1x1_nhwc needs a float32 [N, C, H, W] input");
+  TORCH_CHECK(panels.scalar_type() == at::kFloat && panels.dim() == 3 && panels.size(2) == 16 && panels.is_contiguous() &&
+                  rows >= 1 && panels.size(0) == (rows + 15) / 16,
+              "crisp: panels must be a contiguous float32 [ceil(rows / 16), K, 16] tensor");
+  const int64_t k = panels.size(1);
+  TORCH_CHECK(x_in.size(1) == k, "crisp: the packed 1x1 weight has ", k, " input channels, the input ", x_in.size(1));
+  const at::Tensor x = pool_contiguous(x_in, at::MemoryFormat::ChannelsLast);
+  const int64_t n_s = x.size(0), h = x.size(2), w = x.size(3);
+  at::Tensor out = at::empty({n_s, rows, h, w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const int64_t positions = n_s * h * w;
+  if (positions == 0) return out;
+  const Epilogue epilogue(bias, residual, rows, out);
+  constexpr int PP = Isa::GP, L = Isa::L;
+  const int64_t vectors = (rows + L - 1) / L;
+  std::vector<float> bias_pad(vectors * L, 0.f);
+  if (epilogue.bias_ptr()) std::memcpy(bias_pad.data(), epilogue.bias_ptr(), sizeof(float) * rows);
+  const Clamp clamp = make_clamp(clamp_min, clamp_max);
+  const float inf = std::numeric_limits<float>::infinity();
+  const GemmSink sink{out.data_ptr<float>(), epilogue.residual_ptr(), bias_pad.data(), rows,
+                      Isa::set1(clamp.on ? clamp.lo : -inf), Isa::set1(clamp.on ? clamp.hi : inf)};
+  constexpr int64_t kMinParallelFmas = 24000;  // as the channel kernel: below this a second thread costs more
+  const int64_t threads = positions * rows * k < kMinParallelFmas ? 1 : std::max<int>(1, at::get_num_threads());
+  // position chunks: at least 4 per thread, at most 16 tiles (its inputs stay in L1 / L2 for every output tile)
+  int64_t chunk = (positions + 4 * threads - 1) / (4 * threads);
+  chunk = std::min<int64_t>(16 * PP, std::max<int64_t>(PP, (chunk + PP - 1) / PP * PP));
+  const int64_t chunks = (positions + chunk - 1) / chunk;
+  const float* xd = x.data_ptr<float>();
+  const float* pd = panels.data_ptr<float>();
+  // one tile: positions [p0, p0 + live) x vectors v0, v0 + 1 (or only v0, the last one)
+  auto tile = [&](int64_t p0, int live, int64_t v0) {
+    const int nv = vectors - v0 >= 2 ? 2 : 1;
+    const float* wv[2];
+    for (int v = 0; v < 2; ++v) {
+      const int64_t o = (v0 + std::min(v, nv - 1)) * L;
+      wv[v] = pd + (o / 16) * k * 16 + o % 16;
+    }
+    const float* xt = xd + p0 * k;
+    const bool res = sink.residual != nullptr, full = live == PP;
+    if (nv == 2) {
+      if (res) {
+        full ? gemm_tile<PP, 2, true, true>(xt, k, live, wv, sink, p0, v0) : gemm_tile<PP, 2, true, false>(xt, k, live, wv, sink, p0, v0);
+      } else {
+        full ? gemm_tile<PP, 2, false, true>(xt, k, live, wv, sink, p0, v0) : gemm_tile<PP, 2, false, false>(xt, k, live, wv, sink, p0, v0);
+      }
+    } else {
+      res ? gemm_tile<PP, 1, true, false>(xt, k, live, wv, sink, p0, v0) : gemm_tile<PP, 1, false, false>(xt, k, live, wv, sink, p0, v0);
+    }
+  };
+  // A weight that fits in L1 is read whole for each tile of positions, so that every output row
+  // is written at once (on MobileNetV2's 16 -> 96 expansion, writing each row in six passes was
+  // the cost); a larger one is read a pair of vectors at a time for the chunk's positions.
+  const bool weight_in_l1 = panels.numel() * static_cast<int64_t>(sizeof(float)) <= 32 * 1024;
+  parallel_items(chunks, [&](int64_t c) {
+    const int64_t p_begin = c * chunk, p_end = std::min(positions, p_begin + chunk);
+    if (weight_in_l1) {
+      for (int64_t p0 = p_begin; p0 < p_end; p0 += PP)
+        for (int64_t v0 = 0; v0 < vectors; v0 += 2) tile(p0, static_cast<int>(std::min<int64_t>(PP, p_end - p0)), v0);
+    } else {
+      for (int64_t v0 = 0; v0 < vectors; v0 += 2)
+        for (int64_t p0 = p_begin; p0 < p_end; p0 += PP) tile(p0, static_cast<int>(std::min<int64_t>(PP, p_end - p0)), v0);
+    }
+  }, threads);
+  return out;
+}
+
 }  // namespace
 }  // namespace crisp_cpu
 
@@ -1331,6 +1451,9 @@ TORCH_LIBRARY_FRAGMENT(CRISP_NS, m) {
       "depthwise_conv2d_nhwc(Tensor x, Tensor weight, Tensor? bias, int[] kernel_size, int[] stride, int[] padding, "
       "int[] dilation, float clamp_min, float clamp_max) -> Tensor");
   m.def(
+      "dense_conv1x1_nhwc(Tensor x, Tensor panels, int rows, Tensor? bias, Tensor? residual, float clamp_min, "
+      "float clamp_max) -> Tensor");
+  m.def(
       "hybrid_sparse_linear_fast(Tensor x, Tensor row_ptr, Tensor cols, Tensor vals, int in_features, Tensor? bias, "
       "float clamp_min, float clamp_max) -> Tensor");
 }
@@ -1342,6 +1465,7 @@ TORCH_LIBRARY_IMPL(CRISP_NS, CPU, m) {
   m.impl("max_pool2d_nhwc", &crisp_cpu::max_pool2d_nhwc);
   m.impl("global_avg_pool_nhwc", &crisp_cpu::global_avg_pool_nhwc);
   m.impl("depthwise_conv2d_nhwc", &crisp_cpu::depthwise_conv2d_nhwc);
+  m.impl("dense_conv1x1_nhwc", &crisp_cpu::dense_conv1x1_nhwc);
 }
 
 TORCH_LIBRARY_IMPL(CRISP_NS, CompositeExplicitAutograd, m) {

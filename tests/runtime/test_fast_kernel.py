@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from crisp.errors import FormatError
+from crisp.errors import ArgumentError, FormatError
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
 from crisp.sparsity.gemm_view import gemm_to_weight
 from crisp.sparsity.pattern import Pattern
 from crisp.runtime import cpu_capability as isa
 from crisp.runtime import fast_kernel
-from crisp.runtime.packed_weight import ChannelPackedWeight, PackedHybridWeight
+from crisp.runtime.packed_weight import ChannelPackedWeight, GemmPackedWeight, PackedHybridWeight
 from crisp.runtime.reference_kernel import reference_hybrid_sparse_gemm
 from conftest import max_error_vs_float32_bound, max_relative_error, random_hybrid_mask
 
@@ -201,6 +201,43 @@ def test_threads_do_not_change_results(path):
             assert torch.equal(outs[0], outs[1])  # every output is computed by one thread in a fixed order
     finally:
         torch.set_num_threads(before)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cin=st.integers(1, 70), cout=st.integers(1, 90), batch=st.integers(1, 3), hw=st.tuples(st.integers(1, 19), st.integers(1, 19)),
+    bias=st.booleans(), act=st.sampled_from(["none", "relu", "relu6"]), residual=st.booleans(),
+    layout=st.sampled_from(["contiguous", "channels_last", "sliced"]), seed=st.integers(0, 10_000), path=PATHS,
+)
+def test_dense_gemm_conv1x1_equals_conv2d(cin, cout, batch, hw, bias, act, residual, layout, seed, path):
+    # every output channel count (panels of 16, 2 vectors a tile, a 1-vector and a partial-lane
+    # remainder) and position count (tiles of GP positions and a short last one)
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(cout, cin, 1, 1, generator=gen)
+    b = torch.randn(cout, generator=gen) if bias else None
+    if layout == "sliced":
+        x = torch.randn(batch, 2 * cin, *hw, generator=gen)[:, ::2]
+    else:
+        x = torch.randn(batch, cin, *hw, generator=gen)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+    want = F.conv2d(x.contiguous(), weight, b)
+    res = torch.randn(want.shape, generator=gen) if residual else None
+    want = want + (0 if res is None else res)
+    want = {"none": want, "relu": torch.relu(want), "relu6": F.relu6(want)}[act]
+    got = fast_kernel.conv2d(x, GemmPackedWeight.from_dense(weight), b, 1, 1, 0, 1, relu=act != "none",
+                             clamp_max=6.0 if act == "relu6" else None, residual=res, capability=path)
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert max_relative_error(got, want) <= 1e-5
+
+
+def test_dense_gemm_refuses_what_is_not_a_plain_1x1_conv():
+    packed = GemmPackedWeight.from_dense(torch.randn(8, 4, 1, 1))
+    x = torch.randn(1, 4, 6, 6)
+    for stride, padding in ((2, 0), (1, 1)):
+        with pytest.raises(ArgumentError, match="1x1 convs with stride 1 and no padding"):
+            fast_kernel.conv2d(x, packed, None, 1, stride, padding, 1)
+    assert not GemmPackedWeight.supports((8, 4, 3, 3), [1, 1], [0, 0])
 
 
 @pytest.mark.parametrize("path", PATHS_HERE)
