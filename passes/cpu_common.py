@@ -82,7 +82,7 @@ def sole_user(node: fx.Node) -> fx.Node | None:
 
 
 def layout(packed) -> str:
-    """The kernel a packed weight runs on: ``channel``, ``rows``, ``gemm`` (crisp's dense 1x1 conv)
+    """The kernel a packed weight runs on: ``channel``, ``rows``, ``gemm`` (crisp's dense conv)
     or ``dense`` (torch's own conv / linear)."""
     if isinstance(packed, DenseWeight):
         return "dense"
@@ -105,8 +105,7 @@ def conv_call(graph: fx.Graph, packed, x, attrs, bias, residual, geometry) -> fx
         _, stride, padding, dilation, lo, hi = geometry
         return graph.call_function(dense_path.conv2d, (x, *attrs, bias, residual, stride, padding, dilation, lo, hi))
     if isinstance(packed, GemmPackedWeight):
-        lo, hi = geometry[-2:]
-        return graph.call_function(fast_kernel.op("dense_conv1x1_nhwc"), (x, *attrs, packed.rows, bias, residual, lo, hi))
+        return graph.call_function(fast_kernel.op("dense_conv2d_nhwc"), (x, *attrs, packed.rows, bias, residual, *geometry))
     if isinstance(packed, ChannelPackedWeight):
         args = (x, *attrs, packed.rows, packed.n, packed.m, bias, residual, *geometry)
         return graph.call_function(fast_kernel.op("hybrid_sparse_conv2d_nhwc"), args)

@@ -31,7 +31,7 @@ from crisp.passes.cpu_common import layout, pack
 TUNE_ENV = "CRISP_CPU_TUNE"  # "0": no measurement, the rule (channel kernel where it fits, else rows)
 BUDGET_ENV = "CRISP_CPU_TUNE_BUDGET"  # seconds of measurement per compile (default 5)
 DEFAULT_BUDGET_S = 5.0
-CACHE_VERSION = 4  # 4: crisp's dense 1x1 GEMM kernel a candidate; 3: torch's dense op on one thread, AVX2 kernels rebuilt; 2: "dense" is torch's conv / linear
+CACHE_VERSION = 4  # 4: crisp's dense GEMM kernel a candidate; 3: torch's dense op on one thread, AVX2 kernels rebuilt; 2: "dense" is torch's conv / linear
 _RUNS, _MIN_RUNS, _RUN_BUDGET_S, _DROP = 7, 3, 0.05, 3.0  # timed rounds (at most, at least), seconds per candidate
 DENSE_MARGIN = 0.9  # torch's dense path must take at most this share of crisp's best time
 INF = math.inf
@@ -43,35 +43,28 @@ def dense_pattern(k: int) -> Pattern:
     return Pattern(4, 4, 32 if k % 32 == 0 else 16)
 
 
-def _gemm(weight: torch.Tensor, geometry: tuple | None) -> dict[str, object]:
-    """crisp's dense GEMM kernel, for a 1x1 conv with stride 1 and no padding."""
-    if geometry is None or not GemmPackedWeight.supports(tuple(weight.shape), geometry[1], geometry[2]):
-        return {}
-    return {"gemm": GemmPackedWeight.from_dense(weight)}
-
-
-def candidates(compact: HybridSparseTensor, in_channels: int, conv: bool, geometry: tuple | None = None) -> dict[str, object]:
+def candidates(compact: HybridSparseTensor, in_channels: int, conv: bool) -> dict[str, object]:
     """Every kernel that can run this pruned layer, by name: ``channel`` (convs whose groups fit),
-    ``rows``, ``gemm`` (crisp's dense kernel, 1x1 convs of stride 1 and no padding, given their
-    ``geometry``) and ``dense`` (torch's conv / linear on the whole weight)."""
+    ``rows``, ``gemm`` (convs: crisp's dense kernel on the whole weight) and ``dense`` (torch's
+    conv / linear on the whole weight)."""
     found: dict[str, object] = {}
     if conv and ChannelPackedWeight.supports(compact, in_channels, fast_kernel.channel_max_m()):
         found["channel"] = ChannelPackedWeight.from_compact(compact, in_channels)
     found["rows"] = PackedHybridWeight.from_compact(compact)
     dense = compact.to_dense()
     if conv:
-        found.update(_gemm(dense, geometry))
+        found["gemm"] = GemmPackedWeight.from_dense(dense)
     found["dense"] = DenseWeight.from_dense(dense)
     return found
 
 
-def dense_candidates(weight: torch.Tensor, in_channels: int, geometry: tuple | None = None) -> dict[str, object]:
-    """The kernels that can run a conv left dense: crisp's (every weight kept; the GEMM kernel for
-    a 1x1 conv of stride 1 and no padding) and torch's."""
+def dense_candidates(weight: torch.Tensor, in_channels: int) -> dict[str, object]:
+    """The kernels that can run a conv left dense: crisp's (the sparse kernels with every weight
+    kept, and its dense GEMM kernel) and torch's."""
     weight = weight.detach().float()
     full = HybridSparseTensor.from_dense(weight, torch.ones_like(weight, dtype=torch.bool), dense_pattern(weight[0].numel()))
     packed = pack(full, in_channels, True)
-    return {layout(packed): packed, **_gemm(weight, geometry), "dense": DenseWeight.from_dense(weight)}
+    return {layout(packed): packed, "gemm": GemmPackedWeight.from_dense(weight), "dense": DenseWeight.from_dense(weight)}
 
 
 def run_candidate(packed, x: torch.Tensor, bias: torch.Tensor | None, geometry: tuple, conv: bool) -> torch.Tensor:
@@ -183,13 +176,13 @@ class Tuner:
         conv = kind == "conv"
         density = compact.num_values / max(1, compact.shape[0] * compact.shape[1])
         key = layer_key(compact.weight_shape, str(compact.pattern), density, x_shape or (), geometry, kind)
-        return self._choose(lambda: candidates(compact, in_channels, conv, geometry if conv else None), lambda: pack(compact, in_channels, conv),
+        return self._choose(lambda: candidates(compact, in_channels, conv), lambda: pack(compact, in_channels, conv),
                             key, conv, x_shape, geometry, bias)
 
     def choose_dense(self, weight: torch.Tensor, kind: str, x_shape: tuple | None, geometry: tuple,
                      bias: torch.Tensor | None) -> Choice:
         """The kernel of a conv left dense (rule: crisp's kernels with every weight kept)."""
-        options = dense_candidates(weight, weight.shape[1], geometry)
+        options = dense_candidates(weight, weight.shape[1])
         key = layer_key(tuple(weight.shape), "dense", 1.0, x_shape or (), geometry, kind)
         return self._choose(lambda: options, lambda: next(iter(options.values())), key, True, x_shape, geometry, bias)
 

@@ -169,9 +169,10 @@ def _register_fakes(ns: str) -> None:
         out = x.new_empty(_conv_out_shape(x, rows, kernel_size, stride, padding, dilation))
         return out.contiguous(memory_format=torch.channels_last)
 
-    @torch.library.register_fake(f"{ns}::dense_conv1x1_nhwc")
-    def _(x, panels, rows, bias, residual, clamp_min, clamp_max):
-        return x.new_empty((x.shape[0], rows, x.shape[2], x.shape[3])).contiguous(memory_format=torch.channels_last)
+    @torch.library.register_fake(f"{ns}::dense_conv2d_nhwc")
+    def _(x, panels, rows, bias, residual, kernel_size, stride, padding, dilation, clamp_min, clamp_max):
+        out = x.new_empty(_conv_out_shape(x, rows, kernel_size, stride, padding, dilation))
+        return out.contiguous(memory_format=torch.channels_last)
 
     @torch.library.register_fake(f"{ns}::max_pool2d_nhwc")
     def _(x, kernel_size, stride, padding):
@@ -341,16 +342,15 @@ def conv2d(
     ``relu=True`` clamps below at 0, ``clamp_max`` above (6 for ReLU6). A
     :class:`ChannelPackedWeight` always returns a channels_last tensor; a
     :class:`PackedHybridWeight` does when ``channels_last`` is set. A :class:`GemmPackedWeight`
-    (dense, 1x1, stride 1, no padding) runs crisp's GEMM kernel and returns channels_last.
+    (every weight kept) runs crisp's dense GEMM kernel and returns channels_last.
     ``capability`` picks the ISA path (the active one by default)."""
 
     lo, hi = clamp_bounds(relu, clamp_max)
     geometry = (size_pair(kernel_size), size_pair(stride), size_pair(padding), size_pair(dilation), lo, hi)
     if isinstance(weight, GemmPackedWeight):
-        if not GemmPackedWeight.supports(weight.weight_shape, geometry[1], geometry[2]) or geometry[0] != [1, 1]:
-            raise ArgumentError(f"the GEMM kernel runs 1x1 convs with stride 1 and no padding, got kernel {geometry[0]}, "
-                             f"stride {geometry[1]}, padding {geometry[2]}")
-        return ops(capability).dense_conv1x1_nhwc(x, weight.panels, weight.rows, bias, residual, lo, hi)
+        if list(weight.weight_shape[2:]) != geometry[0]:
+            raise ArgumentError(f"the packed dense weight {list(weight.weight_shape)} is not a {geometry[0]} conv kernel")
+        return ops(capability).dense_conv2d_nhwc(x, weight.panels, weight.rows, bias, residual, *geometry)
     if isinstance(weight, ChannelPackedWeight):
         return ops(capability).hybrid_sparse_conv2d_nhwc(
             x, weight.vals, weight.idx, weight.gtap, weight.gcin, weight.rows, weight.n, weight.m, bias, residual, *geometry

@@ -194,8 +194,8 @@ class DenseWeight:
 
 @dataclass(frozen=True, eq=False)
 class GemmPackedWeight:
-    """A dense 1x1 conv weight (stride 1, no padding) packed for crisp's GEMM kernel on
-    channels-last activations: ``panels[o // 16, k, o % 16]`` = ``weight[o, k]``, 16 output
+    """A dense conv weight (groups=1) packed for crisp's GEMM kernel on channels-last activations:
+    ``panels[o // 16, k, o % 16]`` = ``weight[o, k]`` with ``k`` in (kh, kw, cin) order, 16 output
     channels per panel, zero past the last one. Every weight is kept: this is how a layer left
     dense (or whose pruned weight runs fastest dense) runs on crisp's own threads, with its bias,
     residual and activation fused."""
@@ -204,15 +204,11 @@ class GemmPackedWeight:
     rows: int
     weight_shape: tuple[int, ...]
 
-    @staticmethod
-    def supports(weight_shape: tuple[int, ...], stride, padding) -> bool:
-        """A 1x1 conv (dilation is then moot) with stride 1 and no padding."""
-        return (len(weight_shape) == 4 and tuple(weight_shape[2:]) == (1, 1) and all(int(s) == 1 for s in stride)
-                and all(int(q) == 0 for q in padding))
-
     @classmethod
     def from_dense(cls, weight: torch.Tensor) -> "GemmPackedWeight":
-        w = weight.detach().to(torch.float32).reshape(weight.shape[0], -1)
+        if weight.dim() != 4:
+            raise FormatError(f"the GEMM kernel packs conv weights [O, C, kh, kw], got shape {list(weight.shape)}")
+        w = weight.detach().to(torch.float32).permute(0, 2, 3, 1).reshape(weight.shape[0], -1)  # (kh, kw, cin) order
         rows, k = w.shape
         padded = torch.zeros((rows + 15) // 16 * 16, k)
         padded[:rows] = w

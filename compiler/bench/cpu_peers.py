@@ -166,7 +166,7 @@ class LayerTiming:
     crisp_ms: float
     limit_ms: float  # dense_ms * density: the ideal block-skip time
     efficiency: float  # limit_ms / crisp_ms
-    kernel: str = "rows"  # "channel" (NHWC, over output channels), "rows" (over positions), "gemm" (crisp's dense 1x1) or "dense" (torch)
+    kernel: str = "rows"  # "channel" (NHWC, over output channels), "rows" (over positions), "gemm" (crisp's dense conv) or "dense" (torch)
     dense_cpu_ms: float = float("nan")  # process CPU time medians (robust to other jobs at 1 thread)
     crisp_cpu_ms: float = float("nan")
     # the share of weight blocks kept (density x m/n): the bound of a kernel that skips pruned
@@ -210,7 +210,7 @@ def per_layer_times(model: nn.Module, compiled, x: torch.Tensor, **measure_kw) -
             chosen = compiled.artifacts.get("kernel_choices", {}).get(info.name, {})
             conv_geometry = ((info.conv.kernel, info.conv.strides, info.conv.padding, info.conv.dilations)
                              if isinstance(module, nn.Conv2d) else None)
-            options = candidates(info.compact, info.weight_shape[1], info.kind == "conv", conv_geometry)
+            options = candidates(info.compact, info.weight_shape[1], info.kind == "conv")
             kernel = chosen.get("kernel") if chosen.get("kernel") in options else next(iter(options))
             packed = options[kernel]  # the kernel the compiled model runs for this layer
             # they take channels-last inputs

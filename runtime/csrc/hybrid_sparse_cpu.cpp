@@ -1304,11 +1304,12 @@ at::Tensor conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& vals, const at:
 }
 
 
-// ============================================================================ dense 1x1 conv (GEMM)
-// A conv left dense (or whose pruned weight runs best dense) with a 1x1 kernel, stride 1 and no
-// padding is a GEMM on channels-last activations, batch and positions merged: out[p, o] =
-// sum_k x[p, k] w[k, o]. The weight is packed in panels of 16 output channels, panels[o / 16, k,
-// o % 16] (zero past the last channel). A register tile is GP positions x 2 vectors of outputs:
+// ============================================================================ dense conv (GEMM)
+// A conv left dense (or whose pruned weight runs best dense) as a GEMM on channels-last
+// activations, batch and positions merged: out[p, o] = sum_k patch[p, k] w[k, o], k in (kh, kw,
+// cin) order; for a 1x1 conv of stride 1 without padding the patch is the input pixel itself.
+// The weight is packed in panels of 16 output channels, panels[o / 16, k, o % 16] (zero past
+// the last channel). A register tile is GP positions x 2 vectors of outputs:
 // per input channel two weight loads and GP broadcasts feed 2 GP FMAs; bias, residual and clamp
 // are fused into the store. MobileNetV2's small-K expansions (K = 16..32, left dense since K is
 // below one block) were 2x slower on torch's one-thread conv plus its separate clamp pass.
@@ -1355,20 +1356,28 @@ inline void gemm_tile(const float* x, int64_t k, int live, const float* const (&
   }
 }
 
-at::Tensor dense_conv1x1_nhwc(const at::Tensor& x_in, const at::Tensor& panels, int64_t rows,
-                              const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-                              double clamp_min, double clamp_max) {
-  TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat, "crisp: dense_conv1x1_nhwc needs a float32 [N, C, H, W] input");
+at::Tensor dense_conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& panels, int64_t rows, const std::optional<at::Tensor>& bias,
+                             const std::optional<at::Tensor>& residual, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                             c10::IntArrayRef padding, c10::IntArrayRef dilation, double clamp_min, double clamp_max) {
+  TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat, "crisp: dense_conv2d_nhwc needs a float32 [N, C, H, W] input");
   TORCH_CHECK(panels.scalar_type() == at::kFloat && panels.dim() == 3 && panels.size(2) == 16 && panels.is_contiguous() &&
                   rows >= 1 && panels.size(0) == (rows + 15) / 16,
               "crisp: panels must be a contiguous float32 [ceil(rows / 16), K, 16] tensor");
-  const int64_t k = panels.size(1);
-  TORCH_CHECK(x_in.size(1) == k, "crisp: the packed 1x1 weight has ", k, " input channels, the input ", x_in.size(1));
+  const ConvGeometry geo(kernel_size, stride, padding, dilation);
+  const int64_t k = panels.size(1), c = x_in.size(1), taps = geo.kh * geo.kw;
+  TORCH_CHECK(taps * c == k, "crisp: the packed weight has ", k, " input features but a ", geo.kh, "x", geo.kw, " conv over ",
+              c, " channels has ", taps * c);
   const at::Tensor x = pool_contiguous(x_in, at::MemoryFormat::ChannelsLast);
   const int64_t n_s = x.size(0), h = x.size(2), w = x.size(3);
-  at::Tensor out = at::empty({n_s, rows, h, w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const int64_t positions = n_s * h * w;
+  const int64_t oh = (h + 2 * geo.ph - geo.dh * (geo.kh - 1) - 1) / geo.sh + 1;
+  const int64_t ow = (w + 2 * geo.pw - geo.dw * (geo.kw - 1) - 1) / geo.sw + 1;
+  TORCH_CHECK(oh >= 1 && ow >= 1, "crisp: conv output would be empty for input ", h, "x", w);
+  at::Tensor out = at::empty({n_s, rows, oh, ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const int64_t positions = n_s * oh * ow;
   if (positions == 0) return out;
+  // a 1x1 conv of stride 1 without padding reads its inputs where they are; any other conv
+  // gathers each tile's patches (im2col of PP positions, zeros in the padding) into a buffer
+  const bool direct = taps == 1 && geo.sh == 1 && geo.sw == 1 && geo.ph == 0 && geo.pw == 0;
   const Epilogue epilogue(bias, residual, rows, out);
   constexpr int PP = Isa::GP, L = Isa::L;
   const int64_t vectors = (rows + L - 1) / L;
@@ -1386,15 +1395,14 @@ at::Tensor dense_conv1x1_nhwc(const at::Tensor& x_in, const at::Tensor& panels, 
   const int64_t chunks = (positions + chunk - 1) / chunk;
   const float* xd = x.data_ptr<float>();
   const float* pd = panels.data_ptr<float>();
-  // one tile: positions [p0, p0 + live) x vectors v0, v0 + 1 (or only v0, the last one)
-  auto tile = [&](int64_t p0, int live, int64_t v0) {
+  // one tile: positions [p0, p0 + live) (their inputs at xt, K floats each) x vectors v0, v0 + 1 (or only v0, the last one)
+  auto tile = [&](const float* xt, int64_t p0, int live, int64_t v0) {
     const int nv = vectors - v0 >= 2 ? 2 : 1;
     const float* wv[2];
     for (int v = 0; v < 2; ++v) {
       const int64_t o = (v0 + std::min(v, nv - 1)) * L;
       wv[v] = pd + (o / 16) * k * 16 + o % 16;
     }
-    const float* xt = xd + p0 * k;
     const bool res = sink.residual != nullptr, full = live == PP;
     if (nv == 2) {
       if (res) {
@@ -1406,18 +1414,52 @@ at::Tensor dense_conv1x1_nhwc(const at::Tensor& x_in, const at::Tensor& panels, 
       res ? gemm_tile<PP, 1, true, false>(xt, k, live, wv, sink, p0, v0) : gemm_tile<PP, 1, false, false>(xt, k, live, wv, sink, p0, v0);
     }
   };
-  // A weight that fits in L1 is read whole for each tile of positions, so that every output row
-  // is written at once (on MobileNetV2's 16 -> 96 expansion, writing each row in six passes was
-  // the cost); a larger one is read a pair of vectors at a time for the chunk's positions.
+  // patch[q * K + tap * C + ci] = x_pad[sample, oy*sh + a*dh, ox*sw + b*dw, ci] for tap (a, b) of position p0 + q
+  auto gather = [&](float* patch, int64_t p0, int live) {
+    int64_t ns = p0 / (oh * ow), oy = (p0 / ow) % oh, ox = p0 % ow;
+    for (int q = 0; q < live; ++q) {
+      const float* sample = xd + ns * h * w * c;
+      for (int64_t a = 0; a < geo.kh; ++a) {
+        const int64_t iy = oy * geo.sh - geo.ph + a * geo.dh;
+        for (int64_t b = 0; b < geo.kw; ++b) {
+          const int64_t ix = ox * geo.sw - geo.pw + b * geo.dw;
+          float* dst = patch + q * k + (a * geo.kw + b) * c;
+          if (iy >= 0 && iy < h && ix >= 0 && ix < w) {
+            const float* src = sample + (iy * w + ix) * c;
+            for (int64_t ci = 0; ci < c; ++ci) dst[ci] = src[ci];  // a loop, not memcpy: c is 3 on a stem
+          } else {
+            for (int64_t ci = 0; ci < c; ++ci) dst[ci] = 0.f;
+          }
+        }
+      }
+      if (++ox == ow) {
+        ox = 0;
+        if (++oy == oh) {
+          oy = 0;
+          ++ns;
+        }
+      }
+    }
+  };
+  // A weight that fits in L1 is read whole for each tile of positions (a gathered tile is used
+  // for every output vector before the next); a larger one, by direct reads, a pair of vectors at
+  // a time for the chunk's positions.
   const bool weight_in_l1 = panels.numel() * static_cast<int64_t>(sizeof(float)) <= 32 * 1024;
-  parallel_items(chunks, [&](int64_t c) {
-    const int64_t p_begin = c * chunk, p_end = std::min(positions, p_begin + chunk);
-    if (weight_in_l1) {
+  parallel_items(chunks, [&](int64_t ch) {
+    const int64_t p_begin = ch * chunk, p_end = std::min(positions, p_begin + chunk);
+    if (!direct) {
+      std::vector<float> patch(PP * k);
+      for (int64_t p0 = p_begin; p0 < p_end; p0 += PP) {
+        const int live = static_cast<int>(std::min<int64_t>(PP, p_end - p0));
+        gather(patch.data(), p0, live);
+        for (int64_t v0 = 0; v0 < vectors; v0 += 2) tile(patch.data(), p0, live, v0);
+      }
+    } else if (weight_in_l1) {
       for (int64_t p0 = p_begin; p0 < p_end; p0 += PP)
-        for (int64_t v0 = 0; v0 < vectors; v0 += 2) tile(p0, static_cast<int>(std::min<int64_t>(PP, p_end - p0)), v0);
+        for (int64_t v0 = 0; v0 < vectors; v0 += 2) tile(xd + p0 * k, p0, static_cast<int>(std::min<int64_t>(PP, p_end - p0)), v0);
     } else {
       for (int64_t v0 = 0; v0 < vectors; v0 += 2)
-        for (int64_t p0 = p_begin; p0 < p_end; p0 += PP) tile(p0, static_cast<int>(std::min<int64_t>(PP, p_end - p0)), v0);
+        for (int64_t p0 = p_begin; p0 < p_end; p0 += PP) tile(xd + p0 * k, p0, static_cast<int>(std::min<int64_t>(PP, p_end - p0)), v0);
     }
   }, threads);
   return out;
@@ -1451,8 +1493,8 @@ TORCH_LIBRARY_FRAGMENT(CRISP_NS, m) {
       "depthwise_conv2d_nhwc(Tensor x, Tensor weight, Tensor? bias, int[] kernel_size, int[] stride, int[] padding, "
       "int[] dilation, float clamp_min, float clamp_max) -> Tensor");
   m.def(
-      "dense_conv1x1_nhwc(Tensor x, Tensor panels, int rows, Tensor? bias, Tensor? residual, float clamp_min, "
-      "float clamp_max) -> Tensor");
+      "dense_conv2d_nhwc(Tensor x, Tensor panels, int rows, Tensor? bias, Tensor? residual, int[] kernel_size, "
+      "int[] stride, int[] padding, int[] dilation, float clamp_min, float clamp_max) -> Tensor");
   m.def(
       "hybrid_sparse_linear_fast(Tensor x, Tensor row_ptr, Tensor cols, Tensor vals, int in_features, Tensor? bias, "
       "float clamp_min, float clamp_max) -> Tensor");
@@ -1465,7 +1507,7 @@ TORCH_LIBRARY_IMPL(CRISP_NS, CPU, m) {
   m.impl("max_pool2d_nhwc", &crisp_cpu::max_pool2d_nhwc);
   m.impl("global_avg_pool_nhwc", &crisp_cpu::global_avg_pool_nhwc);
   m.impl("depthwise_conv2d_nhwc", &crisp_cpu::depthwise_conv2d_nhwc);
-  m.impl("dense_conv1x1_nhwc", &crisp_cpu::dense_conv1x1_nhwc);
+  m.impl("dense_conv2d_nhwc", &crisp_cpu::dense_conv2d_nhwc);
 }
 
 TORCH_LIBRARY_IMPL(CRISP_NS, CompositeExplicitAutograd, m) {

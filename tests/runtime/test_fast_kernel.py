@@ -203,41 +203,46 @@ def test_threads_do_not_change_results(path):
         torch.set_num_threads(before)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
-    cin=st.integers(1, 70), cout=st.integers(1, 90), batch=st.integers(1, 3), hw=st.tuples(st.integers(1, 19), st.integers(1, 19)),
-    bias=st.booleans(), act=st.sampled_from(["none", "relu", "relu6"]), residual=st.booleans(),
-    layout=st.sampled_from(["contiguous", "channels_last", "sliced"]), seed=st.integers(0, 10_000), path=PATHS,
+    cin=st.integers(1, 40), cout=st.integers(1, 90), kh=st.sampled_from([1, 2, 3]), kw=st.sampled_from([1, 3]),
+    stride=st.tuples(st.integers(1, 2), st.integers(1, 2)), padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), batch=st.integers(1, 3),
+    hw=st.tuples(st.integers(1, 15), st.integers(1, 15)), bias=st.booleans(), act=st.sampled_from(["none", "relu", "relu6"]),
+    residual=st.booleans(), layout=st.sampled_from(["contiguous", "channels_last", "sliced"]), seed=st.integers(0, 10_000),
+    path=PATHS,
 )
-def test_dense_gemm_conv1x1_equals_conv2d(cin, cout, batch, hw, bias, act, residual, layout, seed, path):
+def test_dense_gemm_conv_equals_conv2d(cin, cout, kh, kw, stride, padding, dilation, batch, hw, bias, act, residual, layout,
+                                       seed, path):
     # every output channel count (panels of 16, 2 vectors a tile, a 1-vector and a partial-lane
-    # remainder) and position count (tiles of GP positions and a short last one)
+    # remainder), position count (tiles of GP positions and a short last one) and conv geometry
+    # (1x1 stride 1 unpadded reads the input in place; the others gather patches, zeros in the padding)
     gen = torch.Generator().manual_seed(seed)
-    weight = torch.randn(cout, cin, 1, 1, generator=gen)
+    h, w = hw[0] + dilation[0] * (kh - 1), hw[1] + dilation[1] * (kw - 1)  # at least one output position
+    weight = torch.randn(cout, cin, kh, kw, generator=gen)
     b = torch.randn(cout, generator=gen) if bias else None
     if layout == "sliced":
-        x = torch.randn(batch, 2 * cin, *hw, generator=gen)[:, ::2]
+        x = torch.randn(batch, 2 * cin, h, w, generator=gen)[:, ::2]
     else:
-        x = torch.randn(batch, cin, *hw, generator=gen)
+        x = torch.randn(batch, cin, h, w, generator=gen)
         if layout == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
-    want = F.conv2d(x.contiguous(), weight, b)
+    want = F.conv2d(x.contiguous(), weight, b, stride, padding, dilation)
     res = torch.randn(want.shape, generator=gen) if residual else None
     want = want + (0 if res is None else res)
     want = {"none": want, "relu": torch.relu(want), "relu6": F.relu6(want)}[act]
-    got = fast_kernel.conv2d(x, GemmPackedWeight.from_dense(weight), b, 1, 1, 0, 1, relu=act != "none",
-                             clamp_max=6.0 if act == "relu6" else None, residual=res, capability=path)
+    got = fast_kernel.conv2d(x, GemmPackedWeight.from_dense(weight), b, (kh, kw), stride, padding, dilation,
+                             relu=act != "none", clamp_max=6.0 if act == "relu6" else None, residual=res, capability=path)
     assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
     assert max_relative_error(got, want) <= 1e-5
 
 
-def test_dense_gemm_refuses_what_is_not_a_plain_1x1_conv():
-    packed = GemmPackedWeight.from_dense(torch.randn(8, 4, 1, 1))
-    x = torch.randn(1, 4, 6, 6)
-    for stride, padding in ((2, 0), (1, 1)):
-        with pytest.raises(ArgumentError, match="1x1 convs with stride 1 and no padding"):
-            fast_kernel.conv2d(x, packed, None, 1, stride, padding, 1)
-    assert not GemmPackedWeight.supports((8, 4, 3, 3), [1, 1], [0, 0])
+def test_dense_gemm_refuses_a_kernel_size_its_weight_does_not_have():
+    packed = GemmPackedWeight.from_dense(torch.randn(8, 4, 3, 3))
+    with pytest.raises(ArgumentError, match=r"\[8, 4, 3, 3\] is not a \[1, 1\] conv kernel"):
+        fast_kernel.conv2d(torch.randn(1, 4, 6, 6), packed, None, 1, 1, 0, 1)
+    with pytest.raises(FormatError, match="packs conv weights"):
+        GemmPackedWeight.from_dense(torch.randn(8, 4))
 
 
 @pytest.mark.parametrize("path", PATHS_HERE)
