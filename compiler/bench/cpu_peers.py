@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import io
 import statistics
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -265,6 +266,9 @@ def reference_gather_bytes(compiled, batch: int) -> int:
     return worst
 
 
+SETTLE_S = 0.1  # idle before each method's turn: longer than the other libraries' pools spin after a run
+
+
 def compare_model(model: nn.Module, x: torch.Tensor, compiled, *, block: int, threads: int,
                   methods=METHODS, budget_s: float = 3.0, min_runs: int = 5, rounds: int = 3) -> dict[str, dict]:
     """Time every method on input ``x`` with ``threads`` threads; each entry holds the timing (or
@@ -273,9 +277,11 @@ def compare_model(model: nn.Module, x: torch.Tensor, compiled, *, block: int, th
     The fast methods are timed in ``rounds`` rounds, each giving every method a share of its
     budget in turn, and their medians are over all rounds: on a shared machine whose speed
     drifts (other jobs, a clock that drops under sustained load), every method then sees the
-    same phases. Runs of one method stay together, so no method measures another's aftermath
-    (caches, a thread pool still spinning). The slow methods (reference kernel, scipy) come last,
-    timed once."""
+    same phases. Runs of one method stay together, and each turn starts after ``SETTLE_S`` idle,
+    so no method measures another's aftermath (caches, a thread pool still spinning: onnxruntime's
+    worker spins about 40 ms after a run, torch's OpenMP worker about 8 ms, on the 2-vCPU AMD EPYC
+    the results came from; without the pause MobileNetV2 on crisp measured 12.6 ms where it takes
+    7.4 alone). The slow methods (reference kernel, scipy) come last, timed once."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -304,6 +310,7 @@ def compare_model(model: nn.Module, x: torch.Tensor, compiled, *, block: int, th
         with torch.no_grad():
             for _ in range(rounds):
                 for method in fast:
+                    time.sleep(SETTLE_S)
                     timings[method].append(measure(runs[method], warmup=2, min_runs=max(1, -(-min_runs // rounds)),
                                                    budget_s=budget_s / rounds))
             for method in (m for m in runs if m in SLOW_METHODS):
