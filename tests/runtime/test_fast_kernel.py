@@ -182,13 +182,18 @@ def test_resnet_sized_layers(batch, hw, cin, cout, path):
             assert max_relative_error(got, want) <= 1e-5, (kernel, stride, type(packed).__name__)
 
 
+def _random_3x3_hybrid(cout: int, cin: int, gen: torch.Generator):
+    """A random 3x3 conv weight, a random 2:4 mask in 16x16 blocks, and the compact weight they make."""
+    p = Pattern(2, 4, 16)
+    weight = torch.randn(cout, cin, 3, 3, generator=gen)
+    mask = gemm_to_weight(random_hybrid_mask(cout, 9 * cin, p, gen), weight.shape)
+    return weight, mask, HybridSparseTensor.from_dense(weight, mask, p)
+
+
 @pytest.mark.parametrize("path", PATHS_HERE)
 def test_threads_do_not_change_results(path):
     gen = torch.Generator().manual_seed(1)
-    p = Pattern(2, 4, 16)
-    weight = torch.randn(48, 32, 3, 3, generator=gen)
-    mask = gemm_to_weight(random_hybrid_mask(48, 288, p, gen), weight.shape)
-    hst = HybridSparseTensor.from_dense(weight, mask, p)
+    weight, mask, hst = _random_3x3_hybrid(48, 32, gen)
     packs = [PackedHybridWeight.from_compact(hst), ChannelPackedWeight.from_compact(hst, 32)]
     x = torch.randn(3, 32, 20, 20, generator=gen)
     before = torch.get_num_threads()
@@ -251,10 +256,7 @@ def test_layout_changes_run_on_crisps_pool_not_through_torch_ops(path):
     # crisp's helper needs (ResNet-50 at 2 threads: 1.45x slower). Every input and residual the
     # kernels take in the other layout is copied by crisp itself: no aten op runs inside them.
     gen = torch.Generator().manual_seed(3)
-    p = Pattern(2, 4, 16)
-    weight = torch.randn(32, 32, 3, 3, generator=gen)
-    mask = gemm_to_weight(random_hybrid_mask(32, 288, p, gen), weight.shape)
-    hst = HybridSparseTensor.from_dense(weight, mask, p)
+    weight, mask, hst = _random_3x3_hybrid(32, 32, gen)
     nchw = torch.randn(1, 32, 12, 12, generator=gen)
     nhwc = nchw.contiguous(memory_format=torch.channels_last)
     calls = [  # (packed weight, input in the layout the kernel does not use, output layout)
