@@ -1,8 +1,8 @@
 """Per-layer kernel choice of the cpu target by measurement: each candidate (the channel-vector
 and rows sparse kernels, for convs crisp's dense GEMM kernel on the whole weight, and the dense
-path: torch's own conv / linear on the whole BN-folded weight) is timed on the layer's real input shape on the active ISA path, the fastest is kept, and
-the verdict is cached on disk by (layer shape, pattern, density, ISA, threads) so a later compile
-is instant and makes the same choice. Layers left dense choose between crisp's kernels with
+path: torch's own conv / linear on the whole BN-folded weight) is timed on the layer's real input
+shape on the active ISA path, the fastest is kept, and the verdict is cached on disk by (layer
+shape, pattern, density, ISA, threads) so a later compile is instant and makes the same choice. Layers left dense choose between crisp's kernels with
 every weight kept and torch's conv the same way."""
 
 from __future__ import annotations
