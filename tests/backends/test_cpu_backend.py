@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(not fast_kernel.available(), reason=f"fast kerne
 GEMM = torch.ops.crisp.hybrid_sparse_gemm.default
 PATHS = [c for c in isa.CAPABILITIES if c in isa.supported() and fast_kernel.available(c)]
 FAST = tuple(fast_kernel.op(name, path) for path in PATHS
-             for name in ("hybrid_sparse_conv2d_fast", "hybrid_sparse_conv2d_nhwc", "hybrid_sparse_linear_fast"))
+             for name in ("hybrid_sparse_conv2d_fast", "hybrid_sparse_conv2d_nhwc", "hybrid_sparse_linear_fast",
+                          "dense_conv2d_nhwc"))  # the last: crisp's dense "gemm" kernel, where it measured fastest
 DENSE_PATH = (dense_path.conv2d, dense_path.linear)  # torch's own conv / linear, where it measured fastest
 
 
