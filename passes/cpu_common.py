@@ -77,6 +77,19 @@ def activation(node: fx.Node, gm: fx.GraphModule) -> tuple[str, float, float] | 
     return None
 
 
+def following_activation(gm: fx.GraphModule, node: fx.Node, fuse: bool = True) -> tuple[str, float, float] | None:
+    """The ReLU / ReLU6 (name, clamp_min, clamp_max) that is ``node``'s only user, which its fused call
+    takes in (None if there is none, or ``fuse`` is off)."""
+    user = sole_user(node) if fuse else None
+    return activation(user, gm) if user is not None else None
+
+
+def arrives_channels_last(x: fx.Node) -> bool:
+    """Whether a conv's input ``x`` reaches it channels-last in the cpu graph: every activation there
+    flows channels-last (crisp's ops write it) except the model's own inputs, taken as passed (NCHW)."""
+    return x.op != "placeholder"
+
+
 def sole_user(node: fx.Node) -> fx.Node | None:
     return next(iter(node.users)) if len(node.users) == 1 else None
 
@@ -136,11 +149,8 @@ def replace_module_call(gm: fx.GraphModule, node: fx.Node, fuse_activations: boo
                         make_call: Callable[[float, float], Any]) -> str:
     """Replace the module call ``node`` (and a ReLU/ReLU6 right after it) with the node
     ``make_call(clamp_min, clamp_max)`` builds; returns what was replaced, e.g. "conv1+relu"."""
-    end, clamp = node, (-INF, INF)
-    user = sole_user(node) if fuse_activations else None
-    act = activation(user, gm) if user is not None else None
-    if act is not None:
-        end, clamp = user, act[1:]
+    act = following_activation(gm, node, fuse_activations)
+    end, clamp = (node, (-INF, INF)) if act is None else (sole_user(node), act[1:])
     with gm.graph.inserting_before(node):
         fused = make_call(*clamp)
     fused.meta.update(end.meta)

@@ -28,9 +28,9 @@ from crisp.runtime.packed_weight import DenseWeight
 
 from crisp.passes.base import CrispPass
 from crisp.passes.cpu_common import (
-    INF, PackedLayer, activation, conv_call, record, require_fast_kernels, sole_user, tidy,
+    INF, PackedLayer, activation, arrives_channels_last, conv_call, record, require_fast_kernels, sole_user, tidy,
 )
-from crisp.passes.cpu_kernel_choice import Choice, Tuner
+from crisp.passes.cpu_kernel_choice import Choice, Context, Tuner
 
 INPLACE_ADDS = (("call_function", operator.iadd), ("call_method", "add_"))
 
@@ -100,10 +100,13 @@ def _fuse_layer(gm: fx.GraphModule, gemm: fx.Node, info: LayerInfo, fuse_activat
     holder = gm.get_submodule(holder_path)
     conv = info.conv
     shape_geometry = (list(conv.kernel), list(conv.strides), list(conv.padding), list(conv.dilations)) if conv else ()
-    choice = tuner.choose(holder.compact(), info.weight_shape[1], info.kind, _shape(x), shape_geometry, holder.bias)
+    end, residual, clamp, parts = _epilogue(gm, out, info, fuse_activations)
+    context = Context(residual=residual is not None, clamp=clamp,
+                      channels_last_input=info.kind != "conv" or arrives_channels_last(x))
+    choice = tuner.choose(holder.compact(), info.weight_shape[1], info.kind, _shape(x), shape_geometry, holder.bias,
+                          context)
     packed = choice.packed
     gm.set_submodule(holder_path, PackedLayer(packed, holder.bias))
-    end, residual, clamp, parts = _epilogue(gm, out, info, fuse_activations)
 
     with graph.inserting_before(end.next):
         attrs = [graph.get_attr(f"{holder_path}.{name}") for name in packed.tensors()]

@@ -17,10 +17,10 @@ from torch import fx, nn
 from crisp.runtime import fast_kernel
 
 from crisp.passes.base import CrispPass
-from crisp.passes.cpu_kernel_choice import Tuner
+from crisp.passes.cpu_kernel_choice import Context, Tuner
 from crisp.passes.cpu_common import (
-    PackedLayer, conv_call, is_plain_conv, module_calls_on_4d_float, record, replace_module_call, require_fast_kernels,
-    tidy,
+    INF, PackedLayer, arrives_channels_last, conv_call, following_activation, is_plain_conv, module_calls_on_4d_float,
+    record, replace_module_call, require_fast_kernels, tidy,
 )
 
 
@@ -39,7 +39,10 @@ class LowerDenseConvs(CrispPass):
             geometry = (list(conv.kernel_size), list(conv.stride), list(conv.padding), list(conv.dilation))
             x_shape = tuple(node.args[0].meta["tensor_meta"].shape)
             bias = None if conv.bias is None else conv.bias.detach().float()
-            choice = tuner.choose_dense(conv.weight, "dense_conv", x_shape, geometry, bias)
+            act = following_activation(gm, node, self.fuse_activations)
+            context = Context(clamp=(-INF, INF) if act is None else act[1:],
+                              channels_last_input=arrives_channels_last(node.args[0]))
+            choice = tuner.choose_dense(conv.weight, "dense_conv", x_shape, geometry, bias, context)
             packed = choice.packed
             gm.set_submodule(node.target, PackedLayer(packed, conv.bias))
 

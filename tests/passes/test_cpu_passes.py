@@ -210,6 +210,40 @@ def test_kernel_choice_is_measured_cached_and_deterministic_given_the_cache(lowe
 
 
 @needs_fast
+def test_candidates_are_timed_with_the_layers_epilogue_and_input_layout(lowered, tmp_path, monkeypatch):
+    """Every candidate is timed as the graph runs it: the stem on the model's NCHW input with its
+    ReLU, the residual conv with a residual of its output's shape and its ReLU, the conv whose
+    output feeds two layers with nothing fused; a context is part of the cache key."""
+    from crisp.passes import cpu_kernel_choice
+
+    gm, _ = lowered
+    monkeypatch.setattr(cpu_kernel_choice, "cache_path", lambda: tmp_path / "kernel_choices.json")
+    monkeypatch.delenv(cpu_kernel_choice.TUNE_ENV, raising=False)
+    monkeypatch.delenv(cpu_kernel_choice.BUDGET_ENV, raising=False)
+    seen: dict[tuple, set] = {}
+    timed = cpu_kernel_choice.run_candidate
+
+    def spy(packed, x, bias, geometry, conv, residual=None, clamp=(-cpu_kernel_choice.INF, cpu_kernel_choice.INF)):
+        y = timed(packed, x, bias, geometry, conv, residual, clamp)
+        nchw = x.stride() == torch.empty(x.shape).stride()
+        seen.setdefault(tuple(x.shape), set()).add(
+            (nchw, None if residual is None else tuple(residual.shape), tuple(clamp), type(packed).__name__))
+        return y
+
+    monkeypatch.setattr(cpu_kernel_choice, "run_candidate", spy)
+    cpu_pipeline()(gm)
+    inf = cpu_kernel_choice.INF
+    stem, pw, conv, fc = seen[(2, 1, 12, 12)], seen[(2, 16, 6, 6)], seen[(2, 32, 6, 6)], seen[(2, 32)]
+    assert {s[:3] for s in stem} == {(True, None, (0.0, inf))} and "DenseWeight" in {s[3] for s in stem}
+    assert {s[:3] for s in pw} == {(False, None, (-inf, inf))}
+    assert {s[:3] for s in conv} == {(False, (2, 32, 6, 6), (0.0, inf))} and "DenseWeight" in {s[3] for s in conv}
+    assert {s[1:3] for s in fc} == {(None, (-inf, inf))}
+    plain, fused = cpu_kernel_choice.Context(), cpu_kernel_choice.Context(residual=True, clamp=(0.0, inf))
+    key = lambda context: cpu_kernel_choice.layer_key((32, 32, 3, 3), "2:4", 0.5, (2, 32, 6, 6), (), "conv", context)
+    assert key(plain) != key(fused) != key(cpu_kernel_choice.Context(channels_last_input=False))
+
+
+@needs_fast
 def test_dense_path_wins_only_by_its_margin():
     from crisp.passes.cpu_kernel_choice import DENSE_MARGIN, pick
 

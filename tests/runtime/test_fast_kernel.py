@@ -343,6 +343,18 @@ def test_max_pool_equals_torch(batch, channels, h, w, kernel, stride, pad, chann
     assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
 
 
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 3), channels=st.integers(1, 40), h=st.integers(1, 160), w=st.integers(1, 160),
+       seed=st.integers(0, 10_000), path=PATHS)
+def test_layout_change_to_channels_last_copies_every_element(batch, channels, h, w, seed, path):
+    """The NCHW -> NHWC copy on crisp's pool (a 1x1 max pool is the identity): images large enough
+    that the copy is split into several work items, channel counts of the small-channel copies."""
+    x = torch.randn(batch, channels, h, w, generator=torch.Generator().manual_seed(seed))
+    got = fast_kernel.max_pool2d(x, (1, 1), (1, 1), (0, 0), capability=path)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, x)
+
+
 @settings(max_examples=40, deadline=None)
 @given(batch=st.integers(1, 3), channels=st.integers(1, 600), h=st.integers(1, 9), w=st.integers(1, 9),
        channels_last=st.booleans(), seed=st.integers(0, 10_000), path=PATHS)
