@@ -2,7 +2,8 @@
 and rows sparse kernels, for convs crisp's dense GEMM kernel on the whole weight, and the dense
 path: torch's own conv / linear on the whole BN-folded weight) is timed on the layer's real input
 shape on the active ISA path, the fastest is kept, and the verdict is cached on disk by (layer
-shape, pattern, density, ISA, threads) so a later compile is instant and makes the same choice.
+shape, epilogue, input layout, pattern, density, ISA, threads) so a later compile is instant and
+makes the same choice.
 Layers left dense choose between crisp's kernels with every weight kept and torch's conv the same way.
 
 Each candidate is timed as the compiled graph will run it (:class:`Context`): with the layer's
