@@ -93,7 +93,8 @@ class WorkPool {
   void run(int64_t items, int64_t threads, const F& fn) {
     if (items <= 0) return;
     threads = std::min<int64_t>(threads, items);
-    if (threads <= 1 || in_job_) {
+    // (work() counts claims in two 32-bit halves; no kernel makes jobs anywhere near this big.)
+    if (threads <= 1 || in_job_ || items >= (int64_t{1} << 31)) {
       for (int64_t i = 0; i < items; ++i) fn(i);
       return;
     }
@@ -115,7 +116,7 @@ class WorkPool {
     stat_jobs.fetch_add(1, std::memory_order_relaxed);
     stat_items.fetch_add(items, std::memory_order_relaxed);
     in_job_ = true;
-    work(call, items);
+    work(call, items, false);
     in_job_ = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -131,16 +132,23 @@ class WorkPool {
   }
 
  private:
-  int64_t work(const std::function<void(int64_t)>& fn, int64_t items) {  // returns the items it did
+  // The caller claims items from the front, helpers from the back: each thread works on one end
+  // of the job (for most kernels, one range of output positions), so that a layer reads what the
+  // same core wrote in the layer before. Every claim adds one to front + back, so exactly `items`
+  // claims succeed, and the two ends never take the same item.
+  int64_t work(const std::function<void(int64_t)>& fn, int64_t items, bool from_back) {  // returns the items it did
+    constexpr uint64_t kBack = uint64_t{1} << 32;
     for (int64_t done = 0;; ++done) {
-      const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
-      if (i >= items) return done;
+      const uint64_t old = next_.fetch_add(from_back ? kBack : 1, std::memory_order_relaxed);
+      const int64_t front = static_cast<int64_t>(old & (kBack - 1)), back = static_cast<int64_t>(old >> 32);
+      if (front + back >= items) return done;
+      const int64_t i = from_back ? items - 1 - back : front;
       try {
         fn(i);
       } catch (...) {
         std::lock_guard<std::mutex> lock(error_mu_);
         if (!error_) error_ = std::current_exception();
-        next_.store(items, std::memory_order_relaxed);  // stop handing out items
+        next_.store(static_cast<uint64_t>(items), std::memory_order_relaxed);  // stop handing out items
       }
     }
   }
@@ -198,7 +206,7 @@ class WorkPool {
         }
       }
       if (fn == nullptr) continue;
-      stat_helper_items.fetch_add(work(*fn, items), std::memory_order_relaxed);
+      stat_helper_items.fetch_add(work(*fn, items, true), std::memory_order_relaxed);
       active_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
@@ -211,7 +219,7 @@ class WorkPool {
   uint64_t generation_ = 0;
   std::atomic<uint64_t> published_{0};  // generation_, readable without the lock (spinning helpers)
   bool open_ = false;
-  std::atomic<int64_t> next_{0};
+  std::atomic<uint64_t> next_{0};  // items claimed: from the front (low 32 bits) and from the back
 
  public:
   // How the work was shared (for diagnosis): parallel jobs, their items, items helpers did,
