@@ -37,6 +37,15 @@ def test_every_path_the_cpu_runs_builds_and_reports_its_isa(path):
     assert fast_kernel.channel_max_m(path) == (16 if path == "avx512" else 8)
 
 
+def random_input(batch, cin, h, w, layout, gen):
+    """An NCHW input in one of three memory layouts: contiguous, channels-last, or "sliced" (a
+    non-contiguous view: every other channel of a wider tensor)."""
+    if layout == "sliced":
+        return torch.randn(batch, 2 * cin, h, w, generator=gen)[:, ::2]
+    x = torch.randn(batch, cin, h, w, generator=gen)
+    return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
 def conv_magnitude(x, masked_weight, bias, residual, stride, padding, dilation):
     """The conv summed over absolute values: the scale of its float32 rounding error."""
     y = F.conv2d(x.contiguous().abs(), masked_weight.abs(), None if bias is None else bias.abs(), stride, padding, dilation)
@@ -75,12 +84,7 @@ def test_conv_equals_reference(nm, block, cin, cout, kh, kw, stride, padding, di
     hst = HybridSparseTensor.from_dense(weight, mask, p)
     packed = PackedHybridWeight.from_compact(hst)
     b = torch.randn(cout, generator=gen) if bias else None
-    if layout == "sliced":  # a non-contiguous view: every other channel of a wider tensor
-        x = torch.randn(batch, 2 * cin, h, w, generator=gen)[:, ::2]
-    else:
-        x = torch.randn(batch, cin, h, w, generator=gen)
-        if layout == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
+    x = random_input(batch, cin, h, w, layout, gen)
     want = reference_conv(x, hst, b, (kh, kw), stride, padding, dilation)
     res = torch.randn(want.shape, generator=gen) if residual else None
     if res is not None:
@@ -125,12 +129,7 @@ def test_channel_kernel_equals_reference(nm, block, groups, cout, kh, kw, stride
     assert ChannelPackedWeight.supports(hst, cin, fast_kernel.channel_max_m(path))
     packed = ChannelPackedWeight.from_compact(hst, cin)
     b = torch.randn(cout, generator=gen) if bias else None
-    if layout == "sliced":
-        x = torch.randn(batch, 2 * cin, h, w, generator=gen)[:, ::2]
-    else:
-        x = torch.randn(batch, cin, h, w, generator=gen)
-        if layout == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
+    x = random_input(batch, cin, h, w, layout, gen)
     want = reference_conv(x, hst, b, (kh, kw), stride, padding, dilation)
     res = torch.randn(want.shape, generator=gen) if residual else None
     activation = {"none": lambda t: t, "relu": torch.relu, "relu6": F.relu6}[act]
@@ -226,12 +225,7 @@ def test_dense_gemm_conv_equals_conv2d(cin, cout, kh, kw, stride, padding, dilat
     h, w = hw[0] + dilation[0] * (kh - 1), hw[1] + dilation[1] * (kw - 1)  # at least one output position
     weight = torch.randn(cout, cin, kh, kw, generator=gen)
     b = torch.randn(cout, generator=gen) if bias else None
-    if layout == "sliced":
-        x = torch.randn(batch, 2 * cin, h, w, generator=gen)[:, ::2]
-    else:
-        x = torch.randn(batch, cin, h, w, generator=gen)
-        if layout == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
+    x = random_input(batch, cin, h, w, layout, gen)
     want = F.conv2d(x.contiguous(), weight, b, stride, padding, dilation)
     res = torch.randn(want.shape, generator=gen) if residual else None
     want = want + (0 if res is None else res)
