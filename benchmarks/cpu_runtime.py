@@ -182,6 +182,7 @@ def run_grid(args, on_model_done=None) -> dict:
     out = by_isa[args.isas[0]]
     records = out["records"]
     dense_cache: dict[tuple, dict] = {}
+    settings, done, grid_start = len(models) * len(blocks) * len(sparsities), 0, time.perf_counter()
     for name in models:
         model = build(name, seed=0)
         shape = input_shape(name)
@@ -190,12 +191,13 @@ def run_grid(args, on_model_done=None) -> dict:
         for block in blocks:
             for sparsity in sparsities:
                 t0 = time.perf_counter()
+                done += 1
                 os.environ[isa.CAPABILITY_ENV] = args.isas[0]
                 compiled = crisp.compile(model, (inputs[batches[0]],), target="cpu", pattern="2:4", block=block,
                                          sparsity=sparsity, verify=False)
                 compile_s = time.perf_counter() - t0
                 variants = {path: lowered_for(path, compiled, inputs[batches[0]]) for path in args.isas}
-                print(f"{name} B{block} s{sparsity}: compiled in {compile_s:.1f}s (+ {len(variants) - 1} other path(s) in "
+                print(f"[{done}/{settings}, {(t0 - grid_start) / 60:.1f} min so far] {name} B{block} s{sparsity}: compiled in {compile_s:.1f}s (+ {len(variants) - 1} other path(s) in "
                       f"{time.perf_counter() - t0 - compile_s:.1f}s), achieved sparsity {compiled.sparsity:.4f}, kernels "
                       f"{compiled.artifacts.get('cpu_kernels')}", flush=True)
                 for batch in batches:
