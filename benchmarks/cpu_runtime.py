@@ -197,7 +197,8 @@ def run_grid(args, on_model_done=None) -> dict:
                                          sparsity=sparsity, verify=False)
                 compile_s = time.perf_counter() - t0
                 variants = {path: lowered_for(path, compiled, inputs[batches[0]]) for path in args.isas}
-                print(f"[{done}/{settings}, {(t0 - grid_start) / 60:.1f} min so far] {name} B{block} s{sparsity}: compiled in {compile_s:.1f}s (+ {len(variants) - 1} other path(s) in "
+                place = f"[{done}/{settings}, {(t0 - grid_start) / 60:.1f} min so far]"
+                print(f"{place} {name} B{block} s{sparsity}: compiled in {compile_s:.1f}s (+ {len(variants) - 1} other path(s) in "
                       f"{time.perf_counter() - t0 - compile_s:.1f}s), achieved sparsity {compiled.sparsity:.4f}, kernels "
                       f"{compiled.artifacts.get('cpu_kernels')}", flush=True)
                 for batch in batches:
