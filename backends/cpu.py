@@ -11,7 +11,10 @@ backend receives is never changed):
 3. :class:`LowerDepthwiseConvs`: dense depthwise convs (MobileNetV2) on crisp's depthwise kernel;
 4. :class:`LowerDenseConvs`: the other dense convs on crisp's kernels with every weight kept or on
    torch's conv, whichever measures faster;
-5. :class:`LowerPools`: MaxPool2d and average pools on crisp's channels-last pools, so that
+5. :class:`FuseExpandDepthwise`: a 1x1 conv on crisp's GEMM kernel feeding a depthwise conv
+   (MobileNetV2's expansion) becomes one call that never writes the expanded tensor, where
+   that measures faster;
+6. :class:`LowerPools`: MaxPool2d and average pools on crisp's channels-last pools, so that
    no other thread pool wakes between two layers.
 
 The backend returns the result with what each pass did as artifacts. If the fast kernels cannot
@@ -26,7 +29,7 @@ from torch import fx
 
 from crisp.ir.meta import CPU_KEY
 from crisp.passes import (
-    FoldDenseBatchNorms, FuseSparseLayersForCpu, LowerDenseConvs, LowerDepthwiseConvs, LowerPools, PackedLayer,
+    FoldDenseBatchNorms, FuseExpandDepthwise, FuseSparseLayersForCpu, LowerDenseConvs, LowerDepthwiseConvs, LowerPools, PackedLayer,
     Pipeline, named_pipeline,
 )
 from crisp.runtime import cpu_capability, fast_kernel
@@ -34,7 +37,8 @@ from crisp.runtime import cpu_capability, fast_kernel
 from crisp.backends.registry import BackendInput, BackendOutput, register_backend
 
 
-@named_pipeline("cpu", FuseSparseLayersForCpu, FoldDenseBatchNorms, LowerDepthwiseConvs, LowerDenseConvs, LowerPools)
+@named_pipeline("cpu", FuseSparseLayersForCpu, FoldDenseBatchNorms, LowerDepthwiseConvs, LowerDenseConvs,
+                FuseExpandDepthwise, LowerPools)
 def cpu_pipeline(fuse_activations: bool = True, progress: bool = False) -> Pipeline:
     """The ``cpu`` target's passes, run on the default pipeline's lowered graph; ``fuse_activations``
     fuses ReLU / ReLU6 and residual adds into the kernels."""
@@ -43,6 +47,7 @@ def cpu_pipeline(fuse_activations: bool = True, progress: bool = False) -> Pipel
         FoldDenseBatchNorms(),
         LowerDepthwiseConvs(fuse_activations),
         LowerDenseConvs(fuse_activations),
+        FuseExpandDepthwise(),
         LowerPools(),
     ], progress=progress)
 
@@ -69,6 +74,6 @@ def cpu_backend(lowered: BackendInput) -> BackendOutput:
         "cpu_kernels": "fast", "cpu_isa": fast_kernel.cpu_capability(), "cpu": cpu_capability.cpu_model(),
         "fused": done.get("fused", {}), "kernel_choices": done.get("kernel_choices", {}),
         "folded_batchnorms": done.get("folded_batchnorms", []),
-        "dense_convs": done.get("dense_convs", []), "lowered_pools": done.get("lowered_pools", []),
+        "dense_convs": done.get("dense_convs", []), "expand_depthwise": done.get("expand_depthwise", []), "lowered_pools": done.get("lowered_pools", []),
         "packed_weight_bytes": packed,
     })

@@ -4,13 +4,14 @@ the :class:`Pipeline` that runs them.
 The default pipeline (``crisp.default_pipeline``): PropagateShapes -> FindPrunableLayers ->
 ComputeSaliency -> SelectHybridMasks -> FoldBatchNorm -> LowerToHybridSparseGemm ->
 VerifyAgainstMaskedDense. The ``cpu`` target's pipeline then runs FuseSparseLayersForCpu ->
-FoldDenseBatchNorms -> LowerDepthwiseConvs -> LowerDenseConvs -> LowerPools on crisp's fast
-kernels. ``crisp.PIPELINES`` lists every named pipeline and its passes.
+FoldDenseBatchNorms -> LowerDepthwiseConvs -> LowerDenseConvs -> FuseExpandDepthwise -> LowerPools on
+crisp's fast kernels. ``crisp.PIPELINES`` lists every named pipeline and its passes.
 """
 
 from crisp.passes.base import CrispPass
 from crisp.passes.compute_saliency import ComputeSaliency, magnitude_saliency
 from crisp.passes.cpu_common import PackedLayer
+from crisp.passes.cpu_fuse_expand_depthwise import FuseExpandDepthwise
 from crisp.passes.cpu_fuse_sparse_layers import FuseSparseLayersForCpu
 from crisp.passes.cpu_lower_dense_convs import LowerDenseConvs
 from crisp.passes.cpu_lower_depthwise import DepthwiseLayer, LowerDepthwiseConvs
@@ -26,7 +27,7 @@ from crisp.passes.verify import VerifyAgainstMaskedDense
 
 __all__ = [
     "CompactWeight", "ComputeSaliency", "CrispPass", "DepthwiseLayer", "FindPrunableLayers", "FoldBatchNorm",
-    "FoldDenseBatchNorms", "FuseSparseLayersForCpu", "LowerDenseConvs", "LowerDepthwiseConvs", "LowerPools",
+    "FoldDenseBatchNorms", "FuseExpandDepthwise", "FuseSparseLayersForCpu", "LowerDenseConvs", "LowerDepthwiseConvs", "LowerPools",
     "LowerToHybridSparseGemm", "NamedPipeline", "PackedLayer", "Pipeline", "PropagateShapes", "SelectHybridMasks",
     "VerifyAgainstMaskedDense", "magnitude_saliency", "named_pipeline",
 ]

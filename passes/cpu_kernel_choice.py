@@ -224,31 +224,41 @@ class Tuner:
             packed = rule()
             return Choice(layout(packed), packed, f"rule ({why}): crisp's kernel, channel layout where it fits, else rows")
         options = options_of()
+
+        def calls() -> dict:
+            x = torch.randn(x_shape)
+            if conv and context.channels_last_input:
+                x = x.contiguous(memory_format=torch.channels_last)
+            residual = None
+            if context.residual:  # a conv's residual: the output's shape, channels-last like crisp's outputs
+                rows = options["dense"].weight.shape[0]
+                size = [conv_out_size(n, k, s, d, p) for n, k, s, p, d in zip(x_shape[2:], *geometry)]
+                residual = torch.randn(x_shape[0], rows, *size).contiguous(memory_format=torch.channels_last)
+            return {name: (lambda p=packed: run_candidate(p, x, bias, geometry, conv, residual, context.clamp))
+                    for name, packed in options.items()}
+
+        kernel, reason, times = self.verdict(key, tuple(options), calls, next(iter(options)))
+        return Choice(kernel, options[kernel], reason, times)
+
+    def verdict(self, key: str, names: tuple[str, ...], make_calls, rule: str) -> tuple[str, str, dict[str, float]]:
+        """One decision between the candidates ``names``: (the one kept, why, the times in ms). The
+        cached verdict under ``key`` if there is one; ``rule`` once the budget is spent (or with
+        measurement off); else the fastest of ``make_calls()`` (name -> a call that runs it), stored."""
+        if not self.measure:
+            return rule, f"rule ({TUNE_ENV}=0)", {}
         cached = _load().get(key)
-        if cached is not None and cached.get("kernel") in options:
-            return Choice(cached["kernel"], options[cached["kernel"]], "cached measurement: " + _times(cached["times_ms"]),
-                          cached["times_ms"])
+        if cached is not None and cached.get("kernel") in names:
+            return cached["kernel"], "cached measurement: " + _times(cached["times_ms"]), cached["times_ms"]
         if self.spent_s >= self.budget_s:
-            packed = rule()
-            return Choice(layout(packed), packed, f"rule (measurement budget of {self.budget_s:g} s spent)")
+            return rule, f"rule (measurement budget of {self.budget_s:g} s spent)", {}
         start = time.perf_counter()
-        x = torch.randn(x_shape)
-        if conv and context.channels_last_input:
-            x = x.contiguous(memory_format=torch.channels_last)
-        residual = None
-        if context.residual:  # a conv's residual: the output's shape, channels-last like crisp's outputs
-            rows = options["dense"].weight.shape[0]
-            size = [conv_out_size(n, k, s, d, p) for n, k, s, p, d in zip(x_shape[2:], *geometry)]
-            residual = torch.randn(x_shape[0], rows, *size).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            times = time_candidates({name: (lambda p=packed: run_candidate(p, x, bias, geometry, conv, residual,
-                                                                           context.clamp))
-                                     for name, packed in options.items()})
+            times = time_candidates(make_calls())
         self.spent_s += time.perf_counter() - start
         times = {k: round(v, 4) for k, v in times.items()}
         best = pick(times)
         _store(key, {"kernel": best, "times_ms": times})
-        return Choice(best, options[best], "measured: " + _times(times), times)
+        return best, "measured: " + _times(times), times
 
 
 def _times(times: dict[str, float]) -> str:

@@ -1514,6 +1514,8 @@ at::Tensor dense_conv2d_nhwc(const at::Tensor& x_in, const at::Tensor& panels, i
   return out;
 }
 
+#include "expand_depthwise.h"
+
 }  // namespace
 }  // namespace crisp_cpu
 
@@ -1545,6 +1547,10 @@ TORCH_LIBRARY_FRAGMENT(CRISP_NS, m) {
       "dense_conv2d_nhwc(Tensor x, Tensor panels, int rows, Tensor? bias, Tensor? residual, int[] kernel_size, "
       "int[] stride, int[] padding, int[] dilation, float clamp_min, float clamp_max) -> Tensor");
   m.def(
+      "expand_depthwise_nhwc(Tensor x, Tensor panels, int rows, Tensor? expand_bias, float expand_min, float expand_max, "
+      "Tensor weight, Tensor? bias, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
+      "float clamp_min, float clamp_max) -> Tensor");
+  m.def(
       "hybrid_sparse_linear_fast(Tensor x, Tensor row_ptr, Tensor cols, Tensor vals, int in_features, Tensor? bias, "
       "float clamp_min, float clamp_max) -> Tensor");
 }
@@ -1557,6 +1563,7 @@ TORCH_LIBRARY_IMPL(CRISP_NS, CPU, m) {
   m.impl("global_avg_pool_nhwc", &crisp_cpu::global_avg_pool_nhwc);
   m.impl("depthwise_conv2d_nhwc", &crisp_cpu::depthwise_conv2d_nhwc);
   m.impl("dense_conv2d_nhwc", &crisp_cpu::dense_conv2d_nhwc);
+  m.impl("expand_depthwise_nhwc", &crisp_cpu::expand_depthwise_nhwc);
 }
 
 TORCH_LIBRARY_IMPL(CRISP_NS, CompositeExplicitAutograd, m) {

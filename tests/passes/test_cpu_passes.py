@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import crisp
@@ -16,13 +17,14 @@ from crisp.errors import CrispError, PassOrderError
 from crisp.ir.meta import CPU_KEY
 from crisp.ir.tracing import trace
 from crisp.passes import (
-    FoldDenseBatchNorms, FuseSparseLayersForCpu, LowerDenseConvs, LowerDepthwiseConvs, LowerPools, PropagateShapes,
+    FoldDenseBatchNorms, FuseExpandDepthwise, FuseSparseLayersForCpu, LowerDenseConvs, LowerDepthwiseConvs, LowerPools, PropagateShapes,
 )
 from crisp.runtime import dense_path, fast_kernel
 from crisp.sparsity.masking import relative_error
 
 needs_fast = pytest.mark.skipif(not fast_kernel.available(), reason=f"fast kernels unavailable: {fast_kernel.unavailable_reason()}")
-CPU_PASSES = (FuseSparseLayersForCpu, FoldDenseBatchNorms, LowerDepthwiseConvs, LowerDenseConvs, LowerPools)
+CPU_PASSES = (FuseSparseLayersForCpu, FoldDenseBatchNorms, LowerDepthwiseConvs, LowerDenseConvs, FuseExpandDepthwise,
+              LowerPools)
 
 
 class Tiny(nn.Module):
@@ -82,8 +84,11 @@ def test_each_cpu_pass_keeps_the_numbers_and_never_mutates_its_input(lowered):
         before = _snapshot(current)
         result = cls()(current)
         assert _same(current, before), f"{cls.__name__} changed its input"
-        assert result.modified, f"{cls.__name__} found nothing to do on the test model"
-        assert result.graph_module.meta[CPU_KEY][records[cls]], cls.__name__
+        if cls is FuseExpandDepthwise:  # Tiny has no 1x1 conv feeding a depthwise one (its own tests below)
+            assert not result.modified and result.graph_module.meta[CPU_KEY]["expand_depthwise"] == []
+        else:
+            assert result.modified, f"{cls.__name__} found nothing to do on the test model"
+            assert result.graph_module.meta[CPU_KEY][records[cls]], cls.__name__
         with torch.no_grad():
             assert relative_error(result.graph_module(x), want) <= 1e-5, cls.__name__
         current = result.graph_module
@@ -292,3 +297,86 @@ def test_adaptive_average_pools_with_disjoint_windows_run_on_crisps_kernels(outp
     assert bool(out.meta[CPU_KEY].get("lowered_pools")) == lowered
     with torch.no_grad():
         assert relative_error(out(x), model(x)) < 1e-6
+
+
+class ExpandThenDepthwise(nn.Module):
+    """An inverted residual block's expansion (1x1, ReLU6) and depthwise conv (3x3 stride 2, ReLU6)
+    as the cpu passes leave them: crisp's GEMM and depthwise kernel calls, then a use of the result."""
+
+    def __init__(self, cin=8, rows=40):
+        super().__init__()
+        gen = torch.Generator().manual_seed(1)
+        self.we, self.be = torch.randn(rows, cin, 1, 1, generator=gen), torch.randn(rows, generator=gen)
+        self.wd, self.bd = torch.randn(rows, 1, 3, 3, generator=gen), torch.randn(rows, generator=gen)
+        from crisp.runtime.packed_weight import GemmPackedWeight
+        self.register_buffer("panels", GemmPackedWeight.from_dense(self.we).panels)
+        self.register_buffer("ebias", self.be.clone())
+        self.register_buffer("taps", self.wd.reshape(rows, 9).t().contiguous())
+        self.register_buffer("bias", self.bd.clone())
+        self.rows = rows
+
+    def forward(self, x):
+        e = fast_kernel.op("dense_conv2d_nhwc")(x, self.panels, self.rows, self.ebias, None, [1, 1], [1, 1], [0, 0],
+                                                [1, 1], 0.0, 6.0)
+        y = fast_kernel.op("depthwise_conv2d_nhwc")(e, self.taps, self.bias, [3, 3], [2, 2], [1, 1], [1, 1], 0.0, 6.0)
+        return y * 2.0
+
+    def reference(self, x):
+        e = F.conv2d(x, self.we, self.be).clamp(0, 6)
+        return F.conv2d(e, self.wd, self.bd, 2, 1, groups=self.rows).clamp(0, 6) * 2.0
+
+
+def _expand_depthwise_graph(x):
+    from torch.fx.passes.shape_prop import ShapeProp
+    from crisp.ir.tracing import mark_analysis
+    model = ExpandThenDepthwise()
+    gm = torch.fx.symbolic_trace(model)
+    ShapeProp(gm).propagate(x)
+    mark_analysis(gm, "shapes")
+    return model, gm
+
+
+@needs_fast
+@pytest.mark.parametrize("tune", ["0", "1"])
+def test_expansion_and_depthwise_fuse_into_one_call(tune, monkeypatch, tmp_path):
+    """Without measurement the pair fuses; measured, the verdict (fused or the two calls) is
+    recorded with its times. Either way the output equals torch's convs and the input graph stays."""
+    from crisp.passes import cpu_kernel_choice
+    monkeypatch.setattr(cpu_kernel_choice, "cache_path", lambda: tmp_path / "choices.json")
+    monkeypatch.setenv(cpu_kernel_choice.TUNE_ENV, tune)
+    x = torch.randn(2, 8, 15, 13).contiguous(memory_format=torch.channels_last)
+    model, gm = _expand_depthwise_graph(x)
+    before = _snapshot(gm)
+    result = FuseExpandDepthwise()(gm)
+    assert _same(gm, before)
+    out = result.graph_module
+    targets = [n.target for n in out.graph.nodes if n.op == "call_function"]
+    choice = out.meta[CPU_KEY]["kernel_choices"]["taps"]  # the depthwise call's weight: its layer name here
+    assert choice["kernel"] in ("expand_depthwise", "depthwise")
+    fused = choice["kernel"] == "expand_depthwise"
+    if tune == "0":
+        assert fused and choice["reason"].endswith(f"rule ({cpu_kernel_choice.TUNE_ENV}=0)")
+    else:
+        assert set(choice["times_ms"]) == {"expand_depthwise", "depthwise"} and "measured" in choice["reason"]
+    assert (fast_kernel.op("expand_depthwise_nhwc") in targets) == fused
+    assert (fast_kernel.op("depthwise_conv2d_nhwc") in targets) == (not fused)
+    assert out.meta[CPU_KEY]["expand_depthwise"] == (["panels+taps"] if fused else [])
+    with torch.no_grad():
+        assert relative_error(out(x), model.reference(x.contiguous())) < 1e-5
+
+
+@needs_fast
+def test_expansion_with_a_second_user_is_not_fused(monkeypatch):
+    """The expanded tensor is needed elsewhere: fusing would compute it twice, so the pair stays."""
+    from crisp.passes import cpu_kernel_choice
+    monkeypatch.setenv(cpu_kernel_choice.TUNE_ENV, "0")
+    x = torch.randn(1, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+    _, gm = _expand_depthwise_graph(x)
+    dw = next(n for n in gm.graph.nodes if n.target is fast_kernel.op("depthwise_conv2d_nhwc"))
+    with gm.graph.inserting_after(dw):
+        extra = gm.graph.call_function(torch.ops.aten.sum.default, (dw.args[0],))
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    out_node.args = ((out_node.args[0], extra),)
+    gm.recompile()
+    result = FuseExpandDepthwise()(gm)
+    assert not result.modified and result.graph_module.meta[CPU_KEY]["expand_depthwise"] == []
