@@ -18,14 +18,10 @@ runs are ever loaded; the active one is the best, or ``CRISP_CPU_CAPABILITY``'s
   groups of at most :func:`channel_max_m` inputs);
 - ``hybrid_sparse_linear_fast(x, row_ptr, cols, vals, in_features, bias, clamp_min, clamp_max)``;
 - ``channel_kernel_available()``, ``isa_name()``, ``channel_max_m()``: what the build holds;
-- ``max_pool2d_nhwc(x, kernel_size, stride, padding)`` and ``global_avg_pool_nhwc(x)``:
-  the pools between the convs, channels-last, on the kernels' own threads;
+- ``max_pool2d_nhwc(x, kernel_size, stride, padding)``, ``global_avg_pool_nhwc(x)``: the pools, on the kernels' threads;
 - ``depthwise_conv2d_nhwc(x, weight [kh*kw, C], bias, kernel_size, stride, padding, dilation,
-  clamp_min, clamp_max)``: the dense depthwise convs (MobileNetV2), bias and clamp fused;
-- ``expand_depthwise_nhwc(x, panels, rows, expand_bias, expand_min, expand_max, weight, bias,
-  kernel_size, stride, padding, dilation, clamp_min, clamp_max)``: a 1x1 conv (a
-  :class:`GemmPackedWeight`) and the depthwise conv it feeds in one pass, the expanded tensor
-  never written (MobileNetV2's inverted residual blocks).
+  clamp_min, clamp_max)``: the dense depthwise convs (MobileNetV2), bias and clamp fused, and
+  ``expand_depthwise_nhwc``: a 1x1 conv with the depthwise conv it feeds (:mod:`crisp.runtime.expand_depthwise`).
 
 If a path's build or self-check fails, the next path the CPU runs takes its place; if none works
 (no compiler, a wrong result), :func:`available` returns False after ONE
@@ -179,10 +175,8 @@ def _register_fakes(ns: str) -> None:
         return out.contiguous(memory_format=torch.channels_last)
 
     @torch.library.register_fake(f"{ns}::expand_depthwise_nhwc")
-    def _(x, panels, rows, expand_bias, expand_min, expand_max, weight, bias, kernel_size, stride, padding, dilation,
-          clamp_min, clamp_max):
-        out = x.new_empty(_conv_out_shape(x, rows, kernel_size, stride, padding, dilation))
-        return out.contiguous(memory_format=torch.channels_last)
+    def _(x, panels, rows, expand_bias, expand_min, expand_max, weight, bias, kernel_size, stride, padding, dilation, *_):
+        return x.new_empty(_conv_out_shape(x, rows, kernel_size, stride, padding, dilation), memory_format=torch.channels_last)
 
     @torch.library.register_fake(f"{ns}::max_pool2d_nhwc")
     def _(x, kernel_size, stride, padding):
@@ -404,22 +398,3 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     lo, hi = clamp_bounds(relu, clamp_max)
     return ops(capability).depthwise_conv2d_nhwc(x, taps, bias, [kh, kw], size_pair(stride), size_pair(padding), size_pair(dilation),
                                                  lo, hi)
-
-
-def expand_depthwise_conv2d(x: torch.Tensor, expand: GemmPackedWeight, expand_bias: Optional[torch.Tensor],
-                            weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                            stride: Sequence[int] | int = 1, padding: Sequence[int] | int = 0,
-                            dilation: Sequence[int] | int = 1, *, expand_clamp: tuple[float, float] = (-INF, INF),
-                            clamp: tuple[float, float] = (-INF, INF), capability: str | None = None) -> torch.Tensor:
-    """``clamp(depthwise(clamp(conv1x1(x) + expand_bias, *expand_clamp), weight, bias))`` in one pass:
-    ``expand`` is a 1x1 conv's packed weight, ``weight`` the depthwise conv's ``[C, 1, kh, kw]``;
-    a clamp is (min, max), ReLU6 (0, 6). Returns channels_last."""
-    if list(expand.weight_shape[2:]) != [1, 1]:
-        raise ArgumentError(f"the expansion must be a 1x1 conv, not {list(expand.weight_shape)}")
-    c, _, kh, kw = weight.shape
-    if c != expand.rows:
-        raise ArgumentError(f"the depthwise conv has {c} channels but the expansion makes {expand.rows}")
-    taps = weight.detach().reshape(c, kh * kw).t().contiguous().to(torch.float32)
-    return ops(capability).expand_depthwise_nhwc(x, expand.panels, expand.rows, expand_bias, *expand_clamp, taps, bias,
-                                                 [kh, kw], size_pair(stride), size_pair(padding), size_pair(dilation),
-                                                 *clamp)

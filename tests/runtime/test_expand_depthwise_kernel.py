@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from crisp.errors import ArgumentError
 from crisp.runtime import cpu_capability as isa
 from crisp.runtime import fast_kernel
+from crisp.runtime.expand_depthwise import expand_depthwise_conv2d
 from crisp.runtime.packed_weight import GemmPackedWeight
 from conftest import max_relative_error
 
@@ -50,7 +51,7 @@ def test_fused_expansion_and_depthwise_equal_torch(batch, cin, rows, h, w, kerne
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got = fast_kernel.expand_depthwise_conv2d(x, GemmPackedWeight.from_dense(we), be, wd, bd, stride, pad, dilation,
+        got = expand_depthwise_conv2d(x, GemmPackedWeight.from_dense(we), be, wd, bd, stride, pad, dilation,
                                                   expand_clamp=expand_clamp, clamp=clamp, capability=path)
     finally:
         torch.set_num_threads(before)
@@ -68,7 +69,7 @@ def test_fused_kernel_on_mobilenet_sized_layers_equals_torch(cin, rows, size, st
     we, be = torch.randn(rows, cin, 1, 1, generator=gen), torch.randn(rows, generator=gen)
     wd, bd = torch.randn(rows, 1, 3, 3, generator=gen), torch.randn(rows, generator=gen)
     want = reference(x, we, be, wd, bd, stride, 1, 1, (0.0, 6.0), (0.0, 6.0))
-    got = fast_kernel.expand_depthwise_conv2d(x, GemmPackedWeight.from_dense(we), be, wd, bd, stride, 1, 1,
+    got = expand_depthwise_conv2d(x, GemmPackedWeight.from_dense(we), be, wd, bd, stride, 1, 1,
                                               expand_clamp=(0.0, 6.0), clamp=(0.0, 6.0), capability=path)
     assert max_relative_error(got, want) < 1e-5
 
@@ -77,9 +78,9 @@ def test_fused_kernel_refuses_a_mismatched_pair():
     packed = GemmPackedWeight.from_dense(torch.randn(8, 4, 1, 1))
     x = torch.randn(1, 4, 5, 5)
     with pytest.raises(ArgumentError, match="6 channels but the expansion makes 8"):
-        fast_kernel.expand_depthwise_conv2d(x, packed, None, torch.randn(6, 1, 3, 3))
+        expand_depthwise_conv2d(x, packed, None, torch.randn(6, 1, 3, 3))
     with pytest.raises(ArgumentError, match="must be a 1x1 conv"):
-        fast_kernel.expand_depthwise_conv2d(x, GemmPackedWeight.from_dense(torch.randn(8, 4, 3, 3)), None,
+        expand_depthwise_conv2d(x, GemmPackedWeight.from_dense(torch.randn(8, 4, 3, 3)), None,
                                             torch.randn(8, 1, 3, 3))
     with pytest.raises(RuntimeError, match="expansion takes 4 input channels"):
-        fast_kernel.expand_depthwise_conv2d(torch.randn(1, 5, 5, 5), packed, None, torch.randn(8, 1, 3, 3))
+        expand_depthwise_conv2d(torch.randn(1, 5, 5, 5), packed, None, torch.randn(8, 1, 3, 3))
