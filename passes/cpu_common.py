@@ -104,9 +104,10 @@ def layout(packed) -> str:
     return "channel" if isinstance(packed, ChannelPackedWeight) else "rows"
 
 
-def pack(compact, in_channels: int, conv: bool) -> PackedHybridWeight | ChannelPackedWeight:
-    """The layout of the kernel that runs this weight: channel-vector where it fits, else rows."""
-    if conv and ChannelPackedWeight.supports(compact, in_channels, fast_kernel.channel_max_m()):
+def pack(compact, in_channels: int) -> PackedHybridWeight | ChannelPackedWeight:
+    """The layout of the kernel that runs this weight (a conv's, or a Linear's with ``in_channels``
+    its input features): channel-vector where it fits, else rows."""
+    if ChannelPackedWeight.supports(compact, in_channels, fast_kernel.channel_max_m()):
         return ChannelPackedWeight.from_compact(compact, in_channels)
     return PackedHybridWeight.from_compact(compact)
 

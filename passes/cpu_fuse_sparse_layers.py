@@ -4,7 +4,8 @@
 The layer's compact weight is packed once for the kernel that runs it (a :class:`PackedLayer`
 takes the compact holder's place): a conv whose N:M groups are whole runs of input channels gets
 the channel-vector kernel ``crisp::hybrid_sparse_conv2d_nhwc``, any other conv
-``crisp::hybrid_sparse_conv2d_fast``, a Linear ``crisp::hybrid_sparse_linear_fast``; a layer whose
+``crisp::hybrid_sparse_conv2d_fast``; a Linear the channel kernel on its input read as one image
+(:func:`crisp.runtime.channel_linear.channel_linear_call`) or ``crisp::hybrid_sparse_linear_fast``; a layer whose
 measured choice is ``dense`` runs torch's own conv / linear on its whole (BN-folded) weight
 (:mod:`crisp.runtime.dense_path`). Bias, a
 following ReLU / ReLU6 and a same-shape residual ``add`` (+ ReLU) are fused; conv outputs are
@@ -24,7 +25,8 @@ from crisp.ir.layer_info import META_KEY, LayerInfo
 from crisp.ir.meta import LOWERED_KEY
 from crisp.runtime.ops import HYBRID_SPARSE_GEMM
 from crisp.runtime import dense_path, fast_kernel
-from crisp.runtime.packed_weight import DenseWeight
+from crisp.runtime.channel_linear import channel_linear_call
+from crisp.runtime.packed_weight import ChannelPackedWeight, DenseWeight
 
 from crisp.passes.base import CrispPass
 from crisp.passes.cpu_common import (
@@ -116,6 +118,9 @@ def _fuse_layer(gm: fx.GraphModule, gemm: fx.Node, info: LayerInfo, fuse_activat
             fused = conv_call(graph, packed, x, attrs, bias, residual, geometry)
         elif isinstance(packed, DenseWeight):
             fused = graph.call_function(dense_path.linear, (x, *attrs, bias, *clamp))
+        elif isinstance(packed, ChannelPackedWeight):
+            args = (x, *attrs, packed.rows, packed.n, packed.m, bias, *clamp, fast_kernel.cpu_capability())
+            fused = graph.call_function(channel_linear_call, args)
         else:
             fused = graph.call_function(fast_kernel.op("hybrid_sparse_linear_fast"),
                                         (x, *attrs, packed.in_features, bias, *clamp))

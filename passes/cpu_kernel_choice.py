@@ -1,5 +1,5 @@
 """Per-layer kernel choice of the cpu target by measurement: each candidate (the channel-vector
-and rows sparse kernels, for convs crisp's dense GEMM kernel on the whole weight, and the dense
+and rows sparse kernels, for convs and Linear layers alike, for convs crisp's dense GEMM kernel on the whole weight, and the dense
 path: torch's own conv / linear on the whole BN-folded weight) is timed on the layer's real input
 shape on the active ISA path, the fastest is kept, and the verdict is cached on disk by (layer
 shape, epilogue, input layout, pattern, density, ISA, threads) so a later compile is instant and
@@ -31,6 +31,7 @@ import torch
 from crisp.fileio import atomic_write_text
 from crisp.ir.conv_geometry import conv_out_size
 from crisp.runtime import dense_path, fast_kernel
+from crisp.runtime.channel_linear import channel_linear
 from crisp.runtime.packed_weight import ChannelPackedWeight, DenseWeight, GemmPackedWeight, PackedHybridWeight
 from crisp.runtime.timed_rounds import timed_rounds
 from crisp.sparsity.hybrid_tensor import HybridSparseTensor
@@ -41,7 +42,7 @@ from crisp.passes.cpu_common import layout, pack
 TUNE_ENV = "CRISP_CPU_TUNE"  # "0": no measurement, the rule (channel kernel where it fits, else rows)
 BUDGET_ENV = "CRISP_CPU_TUNE_BUDGET"  # seconds of measurement per compile (default 5)
 DEFAULT_BUDGET_S = 5.0
-CACHE_VERSION = 5  # 5: timed with the layer's epilogue and input layout; 4: crisp's dense GEMM kernel a candidate; 3: torch's dense op on one thread, AVX2 kernels rebuilt; 2: "dense" is torch's conv / linear
+CACHE_VERSION = 6  # 6: Linear layers on the channel kernel a candidate; 5: timed with the layer's epilogue and input layout; 4: crisp's dense GEMM kernel a candidate; 3: torch's dense op on one thread, AVX2 kernels rebuilt; 2: "dense" is torch's conv / linear
 _RUNS, _MIN_RUNS, _RUN_BUDGET_S, _DROP = 7, 3, 0.05, 3.0  # timed rounds (at most, at least), seconds per candidate
 DENSE_MARGIN = 0.9  # torch's dense path must take at most this share of crisp's best time
 INF = math.inf
@@ -54,11 +55,11 @@ def dense_pattern(k: int) -> Pattern:
 
 
 def candidates(compact: HybridSparseTensor, in_channels: int, conv: bool) -> dict[str, object]:
-    """Every kernel that can run this pruned layer, by name: ``channel`` (convs whose groups fit),
-    ``rows``, ``gemm`` (convs: crisp's dense kernel on the whole weight) and ``dense`` (torch's
-    conv / linear on the whole weight)."""
+    """Every kernel that can run this pruned layer, by name: ``channel`` (convs and Linear layers
+    whose groups fit), ``rows``, ``gemm`` (convs: crisp's dense kernel on the whole weight) and
+    ``dense`` (torch's conv / linear on the whole weight)."""
     found: dict[str, object] = {}
-    if conv and ChannelPackedWeight.supports(compact, in_channels, fast_kernel.channel_max_m()):
+    if ChannelPackedWeight.supports(compact, in_channels, fast_kernel.channel_max_m()):
         found["channel"] = ChannelPackedWeight.from_compact(compact, in_channels)
     found["rows"] = PackedHybridWeight.from_compact(compact)
     dense = compact.to_dense()
@@ -73,7 +74,7 @@ def dense_candidates(weight: torch.Tensor, in_channels: int) -> dict[str, object
     kept, and its dense GEMM kernel) and torch's."""
     weight = weight.detach().float()
     full = HybridSparseTensor.from_dense(weight, torch.ones_like(weight, dtype=torch.bool), dense_pattern(weight[0].numel()))
-    packed = pack(full, in_channels, True)
+    packed = pack(full, in_channels)
     return {layout(packed): packed, "gemm": GemmPackedWeight.from_dense(weight), "dense": DenseWeight.from_dense(weight)}
 
 
@@ -101,6 +102,8 @@ def run_candidate(packed, x: torch.Tensor, bias: torch.Tensor | None, geometry: 
             return dense_path.conv2d(x, packed.weight, bias, residual, *geometry[1:], lo, hi)
         return dense_path.linear(x, packed.weight, bias, lo, hi)
     relu, clamp_max = lo > -INF, (None if hi == INF else hi)
+    if not conv and isinstance(packed, ChannelPackedWeight):
+        return channel_linear(x, packed, bias, relu=relu, clamp_max=clamp_max)
     if conv:
         return fast_kernel.conv2d(x, packed, bias, *geometry, relu=relu, clamp_max=clamp_max, residual=residual,
                                   channels_last=True)
@@ -206,7 +209,7 @@ class Tuner:
         conv = kind == "conv"
         density = compact.num_values / max(1, compact.shape[0] * compact.shape[1])
         key = layer_key(compact.weight_shape, str(compact.pattern), density, x_shape or (), geometry, kind, context)
-        return self._choose(lambda: candidates(compact, in_channels, conv), lambda: pack(compact, in_channels, conv),
+        return self._choose(lambda: candidates(compact, in_channels, conv), lambda: pack(compact, in_channels),
                             key, conv, x_shape, geometry, bias, context)
 
     def choose_dense(self, weight: torch.Tensor, kind: str, x_shape: tuple | None, geometry: tuple,

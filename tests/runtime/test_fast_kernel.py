@@ -16,6 +16,7 @@ from crisp.sparsity.gemm_view import gemm_to_weight
 from crisp.sparsity.pattern import Pattern
 from crisp.runtime import cpu_capability as isa
 from crisp.runtime import fast_kernel
+from crisp.runtime.channel_linear import channel_linear
 from crisp.runtime.packed_weight import ChannelPackedWeight, GemmPackedWeight, PackedHybridWeight
 from crisp.runtime.reference_kernel import reference_hybrid_sparse_gemm
 from conftest import max_error_vs_float32_bound, max_relative_error, random_hybrid_mask
@@ -142,25 +143,44 @@ def test_channel_kernel_equals_reference(nm, block, groups, cout, kh, kw, stride
     assert max_error_vs_float32_bound(got, want, magnitude, kh * kw * cin + 2) <= 1
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     nm=PATTERNS, block=BLOCKS, rows=st.integers(1, 70), k=st.integers(1, 150),
     lead=st.lists(st.integers(1, 9), min_size=1, max_size=3), bias=st.booleans(), act=st.sampled_from(["none", "relu", "relu6"]),
-    transposed=st.booleans(), seed=st.integers(0, 10_000), path=PATHS,
+    transposed=st.booleans(), seed=st.integers(0, 10_000), path=PATHS, layout=st.sampled_from(["rows", "channel"]),
 )
-def test_linear_equals_reference(nm, block, rows, k, lead, bias, act, transposed, seed, path):
+def test_linear_equals_reference(nm, block, rows, k, lead, bias, act, transposed, seed, path, layout):
+    """Both Linear kernels: rows, and the channel kernel on the input read as one image."""
     p = Pattern(nm[0], nm[1], block)
+    if layout == "channel":
+        assume(k % p.m == 0)
     gen = torch.Generator().manual_seed(seed)
     weight = torch.randn(rows, k, generator=gen)
     hst = HybridSparseTensor.from_dense(weight, random_hybrid_mask(rows, k, p, gen), p)
-    packed = PackedHybridWeight.from_compact(hst)
     b = torch.randn(rows, generator=gen) if bias else None
     x = torch.randn(*lead[:-1], k, lead[-1], generator=gen).transpose(-1, -2) if transposed else torch.randn(*lead, k, generator=gen)
     want = {"none": lambda t: t, "relu": torch.relu, "relu6": F.relu6}[act](reference_hybrid_sparse_gemm(x, hst, b))
-    got = fast_kernel.linear(x, packed, b, relu=act != "none", clamp_max=6.0 if act == "relu6" else None, capability=path)
+    kwargs = {"relu": act != "none", "clamp_max": 6.0 if act == "relu6" else None, "capability": path}
+    if layout == "channel":
+        got = channel_linear(x, ChannelPackedWeight.from_compact(hst, k), b, **kwargs)
+    else:
+        got = fast_kernel.linear(x, PackedHybridWeight.from_compact(hst), b, **kwargs)
     assert got.shape == (*x.shape[:-1], rows)
     magnitude = x.abs() @ hst.to_dense().abs().T + (0 if b is None else b.abs())
     assert max_error_vs_float32_bound(got, want, magnitude, k + 1) <= 1
+
+
+def test_channel_linear_refuses_a_conv_weight_and_a_wrong_width():
+    p = Pattern(2, 4, 16)
+    gen = torch.Generator().manual_seed(0)
+    conv = torch.randn(16, 8, 3, 3, generator=gen)
+    mask = gemm_to_weight(random_hybrid_mask(16, 72, p, gen), conv.shape)
+    with pytest.raises(ArgumentError, match="not a Linear layer"):
+        channel_linear(torch.randn(2, 72), ChannelPackedWeight.from_compact(HybridSparseTensor.from_dense(conv, mask, p), 8))
+    linear = HybridSparseTensor.from_dense(torch.randn(16, 32, generator=gen), random_hybrid_mask(16, 32, p, gen), p)
+    with pytest.raises(ArgumentError, match="takes 32 input features"):
+        channel_linear(torch.randn(2, 31), ChannelPackedWeight.from_compact(linear, 32))
+    assert channel_linear(torch.randn(0, 32), ChannelPackedWeight.from_compact(linear, 32)).shape == (0, 16)
 
 
 @pytest.mark.parametrize("path", PATHS_HERE)
